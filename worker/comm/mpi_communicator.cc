@@ -1,0 +1,338 @@
+#include "worker/comm/mpi_communicator.h"
+
+#include <sched.h>
+
+#include <chrono>
+#include <climits>
+#include <mutex>
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <fmt/format.h>
+
+#include "common/logging.h"
+#include "worker/comm/mpi_runtime.h"
+
+namespace vlorch::comm {
+
+// A request that timed out, with the buffers it still points into.
+struct MpiCommunicator::Abandoned {
+  MPI_Request request;
+  std::vector<at::Tensor> buffers;
+};
+
+namespace {
+
+// ---- bf16 / f16 reductions ------------------------------------------------------------
+
+template <typename T, bool kMax>
+void HalfReduce(void* in, void* inout, int* len, MPI_Datatype*) {
+  const T* a = static_cast<const T*>(in);
+  T* b = static_cast<T*>(inout);
+  for (int i = 0; i < *len; ++i) {
+    float x = static_cast<float>(a[i]);
+    float y = static_cast<float>(b[i]);
+    b[i] = static_cast<T>(kMax ? (x > y ? x : y) : x + y);
+  }
+}
+
+struct HalfTypes {
+  MPI_Datatype half2 = MPI_DATATYPE_NULL;  // one 2-byte element
+  MPI_Op bf16_sum, bf16_max, f16_sum, f16_max;
+};
+
+const HalfTypes& Halves() {
+  static HalfTypes t;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    MPI_Type_contiguous(2, MPI_BYTE, &t.half2);
+    MPI_Type_commit(&t.half2);
+    MPI_Op_create(&HalfReduce<c10::BFloat16, false>, /*commute=*/1, &t.bf16_sum);
+    MPI_Op_create(&HalfReduce<c10::BFloat16, true>, 1, &t.bf16_max);
+    MPI_Op_create(&HalfReduce<c10::Half, false>, 1, &t.f16_sum);
+    MPI_Op_create(&HalfReduce<c10::Half, true>, 1, &t.f16_max);
+  });
+  return t;
+}
+
+MPI_Datatype MpiType(at::ScalarType s) {
+  switch (s) {
+    case at::kFloat: return MPI_FLOAT;
+    case at::kLong: return MPI_INT64_T;
+    default: return Halves().half2;  // bf16, f16 (others rejected before this)
+  }
+}
+
+MPI_Op MpiOp(at::ScalarType s, ReduceOp op) {
+  bool max = op == ReduceOp::kMax;
+  if (s == at::kBFloat16) return max ? Halves().bf16_max : Halves().bf16_sum;
+  if (s == at::kHalf) return max ? Halves().f16_max : Halves().f16_sum;
+  return max ? MPI_MAX : MPI_SUM;
+}
+
+void DivideForAvg(at::Tensor& t, int size) {
+  if (size == 1 || t.numel() == 0) return;
+  if (t.scalar_type() == at::kLong) {
+    t.div_(size, "trunc");
+  } else {
+    t.div_(size);
+  }
+}
+
+Status CountFits(const char* what, const std::string& group, int64_t n) {
+  if (n > INT_MAX)
+    return InvalidArgumentError(fmt::format(
+        "{} on group '{}': {} elements exceed MPI's int count limit; split the tensor", what, group, n));
+  return Status::OK();
+}
+
+bool SameDtype(const at::Tensor& a, const at::Tensor& b) { return a.scalar_type() == b.scalar_type(); }
+
+}  // namespace
+
+MpiCommunicator::MpiCommunicator(MPI_Comm comm, std::string name, const CommOptions& options)
+    : comm_(comm), name_(std::move(name)), options_(options) {
+  MPI_Comm_rank(comm_, &rank_);
+  MPI_Comm_size(comm_, &size_);
+}
+
+StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::Create(MPI_Comm comm, std::string name,
+                                                                   const CommOptions& options) {
+  RETURN_IF_ERROR(options.Validate());
+  if (MpiSession::Get() == nullptr)
+    return FailedPreconditionError("MpiCommunicator needs MPI initialised by an MpiSession");
+  if (comm == MPI_COMM_NULL) return InvalidArgumentError("MpiCommunicator: MPI_COMM_NULL");
+  MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
+  Halves();
+  return std::unique_ptr<MpiCommunicator>(new MpiCommunicator(comm, std::move(name), options));
+}
+
+StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::Duplicate(std::string name,
+                                                                      const CommOptions& options) const {
+  ASSIGN_OR_RETURN(auto guard, MpiCallGuard::Acquire("comm dup"));
+  MPI_Comm dup;
+  int rc = MPI_Comm_dup(comm_, &dup);
+  if (rc != MPI_SUCCESS) return InternalError("MPI_Comm_dup failed: " + MpiErrorString(rc));
+  return Create(dup, std::move(name), options);
+}
+
+MpiCommunicator::~MpiCommunicator() {
+  // A timed-out request may have completed since; release what we can. Requests still
+  // pending keep their buffers alive (leaked on purpose: MPI may still write into them).
+  for (auto& a : abandoned_) {
+    int done = 0;
+    MPI_Test(&a->request, &done, MPI_STATUS_IGNORE);
+    if (!done) a.release();
+  }
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized && comm_ != MPI_COMM_WORLD && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+}
+
+std::string MpiCommunicator::CallName(const char* what) const {
+  return fmt::format("{} #{} on group '{}' (rank {} of {}, {})", what, seq_, name_, rank_, size_,
+                     RankTag());
+}
+
+Status MpiCommunicator::Begin(const char* what) {
+  if (!poisoned_by_.empty())
+    return FailedPreconditionError(fmt::format(
+        "{} on group '{}': the communicator is unusable since {} timed out; restart from the last "
+        "checkpoint",
+        what, name_, poisoned_by_));
+  ++seq_;
+  return Status::OK();
+}
+
+template <typename StartFn>
+Status MpiCommunicator::Run(const char* what, std::vector<at::Tensor> keep_alive, StartFn start,
+                            MPI_Status* status_out) {
+  ASSIGN_OR_RETURN(auto guard, MpiCallGuard::Acquire(what));
+  MPI_Request req = MPI_REQUEST_NULL;
+  int rc = start(&req);
+  if (rc != MPI_SUCCESS) return InternalError(CallName(what) + " failed to start: " + MpiErrorString(rc));
+  const auto begin = std::chrono::steady_clock::now();
+  const bool has_deadline = options_.timeout.count() > 0;
+  int spins = 0;
+  for (;;) {
+    int done = 0;
+    MPI_Status st;
+    rc = MPI_Test(&req, &done, &st);
+    if (rc != MPI_SUCCESS) return InternalError(CallName(what) + " failed: " + MpiErrorString(rc));
+    if (done) {
+      if (status_out != nullptr) *status_out = st;
+      return Status::OK();
+    }
+    if (++spins >= options_.spin_before_yield) {
+      sched_yield();
+      // Checking the clock on every poll would cost more than the poll itself.
+      if (has_deadline && std::chrono::steady_clock::now() - begin > options_.timeout) {
+        poisoned_by_ = fmt::format("{} #{}", what, seq_);
+        abandoned_.push_back(std::make_unique<Abandoned>(Abandoned{req, std::move(keep_alive)}));
+        return TimedOutError(fmt::format(
+            "{} did not complete within {:.1f} s: a peer rank has not entered it (dead, hung, or "
+            "running a different collective). This communicator is now unusable; restart the job "
+            "from its last checkpoint",
+            CallName(what), options_.timeout.count() / 1000.0));
+      }
+    }
+  }
+}
+
+Status MpiCommunicator::AllReduce(at::Tensor& t, ReduceOp op) {
+  RETURN_IF_ERROR(CheckCollectiveTensor(*this, "allreduce", t, /*want_cuda=*/false));
+  RETURN_IF_ERROR(Begin("allreduce"));
+  MPI_Datatype type = MpiType(t.scalar_type());
+  MPI_Op mop = MpiOp(t.scalar_type(), op);
+  // Large tensors go in chunks that fit MPI's int counts.
+  constexpr int64_t kChunk = int64_t{1} << 30;
+  char* base = static_cast<char*>(t.data_ptr());
+  const int64_t item = t.element_size();
+  const int64_t chunks = std::max<int64_t>(1, (t.numel() + kChunk - 1) / kChunk);
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t off = c * kChunk;
+    const int count = static_cast<int>(std::min<int64_t>(kChunk, t.numel() - off));
+    RETURN_IF_ERROR(Run("allreduce", {t}, [&](MPI_Request* r) {
+      return MPI_Iallreduce(MPI_IN_PLACE, base + off * item, count, type, mop, comm_, r);
+    }));
+  }
+  if (op == ReduceOp::kAvg) DivideForAvg(t, size_);
+  return Status::OK();
+}
+
+Status MpiCommunicator::AllGather(const at::Tensor& in, at::Tensor& out) {
+  RETURN_IF_ERROR(CheckCollectiveTensor(*this, "allgather", in, false));
+  RETURN_IF_ERROR(CheckCollectiveTensor(*this, "allgather", out, false));
+  if (!SameDtype(in, out) || out.numel() != in.numel() * size_)
+    return InvalidArgumentError(fmt::format(
+        "allgather on group '{}': output must have the input's dtype and {} x {} = {} elements "
+        "(got {} {} elements)",
+        name_, size_, in.numel(), size_ * in.numel(), c10::toString(out.scalar_type()), out.numel()));
+  RETURN_IF_ERROR(CountFits("allgather", name_, out.numel()));
+  RETURN_IF_ERROR(Begin("allgather"));
+  MPI_Datatype type = MpiType(in.scalar_type());
+  int n = static_cast<int>(in.numel());
+  return Run("allgather", {in, out}, [&](MPI_Request* r) {
+    return MPI_Iallgather(in.data_ptr(), n, type, out.data_ptr(), n, type, comm_, r);
+  });
+}
+
+Status MpiCommunicator::ReduceScatter(const at::Tensor& in, at::Tensor& out, ReduceOp op) {
+  RETURN_IF_ERROR(CheckCollectiveTensor(*this, "reducescatter", in, false));
+  RETURN_IF_ERROR(CheckCollectiveTensor(*this, "reducescatter", out, false));
+  if (!SameDtype(in, out) || in.numel() != out.numel() * size_)
+    return InvalidArgumentError(fmt::format(
+        "reducescatter on group '{}': input must have the output's dtype and {} x {} = {} "
+        "elements (got {})",
+        name_, size_, out.numel(), size_ * out.numel(), in.numel()));
+  if (out.numel() > 0 && in.is_same(out))
+    return InvalidArgumentError(fmt::format("reducescatter on group '{}': input and output must not alias", name_));
+  RETURN_IF_ERROR(CountFits("reducescatter", name_, in.numel()));
+  RETURN_IF_ERROR(Begin("reducescatter"));
+  MPI_Datatype type = MpiType(in.scalar_type());
+  MPI_Op mop = MpiOp(in.scalar_type(), op);
+  int n = static_cast<int>(out.numel());
+  RETURN_IF_ERROR(Run("reducescatter", {in, out}, [&](MPI_Request* r) {
+    return MPI_Ireduce_scatter_block(in.data_ptr(), out.data_ptr(), n, type, mop, comm_, r);
+  }));
+  if (op == ReduceOp::kAvg) DivideForAvg(out, size_);
+  return Status::OK();
+}
+
+Status MpiCommunicator::AllToAll(const at::Tensor& in, const std::vector<int64_t>& send_rows,
+                                 at::Tensor& out, const std::vector<int64_t>& recv_rows) {
+  RETURN_IF_ERROR(CheckCollectiveTensor(*this, "alltoall", in, false));
+  RETURN_IF_ERROR(CheckCollectiveTensor(*this, "alltoall", out, false));
+  auto bad = [&](const std::string& m) {
+    return InvalidArgumentError(fmt::format("alltoall on group '{}': {}", name_, m));
+  };
+  if (!SameDtype(in, out)) return bad("input and output dtypes differ");
+  if (in.dim() == 0 || out.dim() == 0) return bad("tensors need at least one dimension (rows)");
+  if (in.sizes().slice(1) != out.sizes().slice(1)) return bad("input and output trailing shapes differ");
+  if (static_cast<int>(send_rows.size()) != size_ || static_cast<int>(recv_rows.size()) != size_)
+    return bad(fmt::format("send_rows and recv_rows need {} entries (one per rank)", size_));
+  int64_t row = 1;
+  for (int64_t d : in.sizes().slice(1)) row *= d;
+  std::vector<int> sc(size_), sd(size_), rc(size_), rd(size_);
+  int64_t s_total = 0, r_total = 0;
+  for (int p = 0; p < size_; ++p) {
+    if (send_rows[p] < 0 || recv_rows[p] < 0) return bad("row counts must be >= 0");
+    RETURN_IF_ERROR(CountFits("alltoall", name_, (s_total + send_rows[p]) * row));
+    RETURN_IF_ERROR(CountFits("alltoall", name_, (r_total + recv_rows[p]) * row));
+    sc[p] = static_cast<int>(send_rows[p] * row);
+    sd[p] = static_cast<int>(s_total * row);
+    rc[p] = static_cast<int>(recv_rows[p] * row);
+    rd[p] = static_cast<int>(r_total * row);
+    s_total += send_rows[p];
+    r_total += recv_rows[p];
+  }
+  if (s_total != in.size(0))
+    return bad(fmt::format("send_rows sum to {} but the input has {} rows", s_total, in.size(0)));
+  if (r_total != out.size(0))
+    return bad(fmt::format("recv_rows sum to {} but the output has {} rows", r_total, out.size(0)));
+  RETURN_IF_ERROR(Begin("alltoall"));
+  MPI_Datatype type = MpiType(in.scalar_type());
+  return Run("alltoall", {in, out}, [&](MPI_Request* r) {
+    return MPI_Ialltoallv(in.data_ptr(), sc.data(), sd.data(), type, out.data_ptr(), rc.data(),
+                          rd.data(), type, comm_, r);
+  });
+}
+
+Status MpiCommunicator::Broadcast(at::Tensor& t, int root) {
+  RETURN_IF_ERROR(CheckCollectiveTensor(*this, "broadcast", t, false));
+  if (root < 0 || root >= size_)
+    return InvalidArgumentError(fmt::format("broadcast on group '{}': root {} is not a rank (size {})",
+                                            name_, root, size_));
+  RETURN_IF_ERROR(CountFits("broadcast", name_, t.numel()));
+  RETURN_IF_ERROR(Begin("broadcast"));
+  MPI_Datatype type = MpiType(t.scalar_type());
+  int n = static_cast<int>(t.numel());
+  return Run("broadcast", {t}, [&](MPI_Request* r) {
+    return MPI_Ibcast(t.data_ptr(), n, type, root, comm_, r);
+  });
+}
+
+Status MpiCommunicator::Send(const at::Tensor& t, int peer, int tag) {
+  RETURN_IF_ERROR(CheckCollectiveTensor(*this, "send", t, false));
+  RETURN_IF_ERROR(CheckPeer(*this, "send", peer));
+  RETURN_IF_ERROR(CountFits("send", name_, t.numel()));
+  RETURN_IF_ERROR(Begin("send"));
+  MPI_Datatype type = MpiType(t.scalar_type());
+  int n = static_cast<int>(t.numel());
+  return Run("send", {t}, [&](MPI_Request* r) {
+    return MPI_Isend(t.data_ptr(), n, type, peer, tag, comm_, r);
+  });
+}
+
+Status MpiCommunicator::Recv(at::Tensor& t, int peer, int tag) {
+  RETURN_IF_ERROR(CheckCollectiveTensor(*this, "recv", t, false));
+  RETURN_IF_ERROR(CheckPeer(*this, "recv", peer));
+  RETURN_IF_ERROR(CountFits("recv", name_, t.numel()));
+  RETURN_IF_ERROR(Begin("recv"));
+  MPI_Datatype type = MpiType(t.scalar_type());
+  int n = static_cast<int>(t.numel());
+  MPI_Status st;
+  Status s = Run(
+      "recv", {t}, [&](MPI_Request* r) { return MPI_Irecv(t.data_ptr(), n, type, peer, tag, comm_, r); },
+      &st);
+  if (s.code() == StatusCode::kInternal && s.message().find("TRUNCATE") != std::string::npos)
+    return InvalidArgumentError(fmt::format(
+        "recv #{} on group '{}': rank {} sent more than the {} elements this tensor holds", seq_,
+        name_, peer, n));
+  RETURN_IF_ERROR(s);
+  int got = 0;
+  MPI_Get_count(&st, type, &got);
+  if (got != n)
+    return InvalidArgumentError(fmt::format(
+        "recv #{} on group '{}': rank {} sent {} elements but this tensor holds {}", seq_, name_,
+        peer, got, n));
+  return Status::OK();
+}
+
+Status MpiCommunicator::Barrier() {
+  RETURN_IF_ERROR(Begin("barrier"));
+  return Run("barrier", {}, [&](MPI_Request* r) { return MPI_Ibarrier(comm_, r); });
+}
+
+}  // namespace vlorch::comm

@@ -1,0 +1,72 @@
+// MpiCommunicator: the Communicator over an MPI communicator, for CPU tensors.
+//
+// Every call is issued non-blocking (MPI_Iallreduce, MPI_Ialltoallv, ...) and completed by
+// polling MPI_Test against the call's deadline, yielding the core between polls after a
+// short spin. That is how the timeout works, and it is also faster than the blocking calls
+// when ranks share cores (measured in ops/bench/allreduce).
+//
+// bf16 and f16 have no MPI datatype: they travel as 2-byte opaque elements and are reduced
+// by user-defined MPI ops that widen each pair to f32 and round the result back, so a sum
+// is rounded once per reduction step (exact for values bf16/f16 represent exactly).
+#pragma once
+
+#include <mpi.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "worker/comm/communicator.h"
+
+namespace vlorch::comm {
+
+class MpiCommunicator final : public Communicator {
+ public:
+  // Takes ownership of `comm` (freed on destruction). Requires an MpiSession.
+  static StatusOr<std::unique_ptr<MpiCommunicator>> Create(MPI_Comm comm, std::string name,
+                                                           const CommOptions& options);
+  // A new communicator over the same ranks (MPI_Comm_dup), e.g. to isolate a library's traffic.
+  StatusOr<std::unique_ptr<MpiCommunicator>> Duplicate(std::string name,
+                                                       const CommOptions& options) const;
+  ~MpiCommunicator() override;
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  const std::string& name() const override { return name_; }
+  CommBackend backend() const override { return CommBackend::kMpi; }
+  uint64_t seq() const override { return seq_; }
+  MPI_Comm mpi_comm() const { return comm_; }
+
+  Status AllReduce(at::Tensor& tensor, ReduceOp op) override;
+  Status AllGather(const at::Tensor& input, at::Tensor& output) override;
+  Status ReduceScatter(const at::Tensor& input, at::Tensor& output, ReduceOp op) override;
+  Status AllToAll(const at::Tensor& input, const std::vector<int64_t>& send_rows,
+                  at::Tensor& output, const std::vector<int64_t>& recv_rows) override;
+  Status Broadcast(at::Tensor& tensor, int root) override;
+  Status Send(const at::Tensor& tensor, int peer, int tag) override;
+  Status Recv(at::Tensor& tensor, int peer, int tag) override;
+  Status Barrier() override;
+
+ private:
+  MpiCommunicator(MPI_Comm comm, std::string name, const CommOptions& options);
+  // Starts call number seq_+1: rejects calls on a poisoned communicator.
+  Status Begin(const char* what);
+  // Issues the request made by `start` and waits for it against the deadline. `keep_alive`
+  // holds the buffers the request uses; on timeout they are kept until destruction.
+  template <typename StartFn>
+  Status Run(const char* what, std::vector<at::Tensor> keep_alive, StartFn start,
+             MPI_Status* status_out = nullptr);
+  std::string CallName(const char* what) const;
+
+  MPI_Comm comm_;
+  std::string name_;
+  CommOptions options_;
+  int rank_ = 0;
+  int size_ = 1;
+  uint64_t seq_ = 0;
+  std::string poisoned_by_;  // non-empty after a timeout: the call that timed out
+  struct Abandoned;
+  std::vector<std::unique_ptr<Abandoned>> abandoned_;
+};
+
+}  // namespace vlorch::comm
