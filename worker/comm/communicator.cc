@@ -21,6 +21,8 @@ const char* CommBackendName(CommBackend backend) {
 Status CommOptions::Validate() const {
   if (timeout.count() < 0) return InvalidArgumentError("CommOptions.timeout must be >= 0 (0 disables it)");
   if (spin_before_yield < 0) return InvalidArgumentError("CommOptions.spin_before_yield must be >= 0");
+  if (ring_min_chunk_bytes < 0) return InvalidArgumentError("CommOptions.ring_min_chunk_bytes must be >= 0");
+  if (ring_segment_bytes < 1024) return InvalidArgumentError("CommOptions.ring_segment_bytes must be >= 1024");
   return Status::OK();
 }
 

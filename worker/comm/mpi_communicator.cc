@@ -6,7 +6,7 @@
 #include <climits>
 #include <mutex>
 
-#include <ATen/core/Tensor.h>
+#include <ATen/ATen.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <fmt/format.h>
@@ -148,20 +148,37 @@ Status MpiCommunicator::Begin(const char* what) {
 template <typename StartFn>
 Status MpiCommunicator::Run(const char* what, std::vector<at::Tensor> keep_alive, StartFn start,
                             MPI_Status* status_out) {
-  ASSIGN_OR_RETURN(auto guard, MpiCallGuard::Acquire(what));
-  MPI_Request req = MPI_REQUEST_NULL;
-  int rc = start(&req);
-  if (rc != MPI_SUCCESS) return InternalError(CallName(what) + " failed to start: " + MpiErrorString(rc));
   const auto begin = std::chrono::steady_clock::now();
+  std::vector<MPI_Request> reqs(1, MPI_REQUEST_NULL);
+  {
+    ASSIGN_OR_RETURN(auto guard, MpiCallGuard::Acquire(what));
+    int rc = start(&reqs[0]);
+    if (rc != MPI_SUCCESS) return InternalError(CallName(what) + " failed to start: " + MpiErrorString(rc));
+  }
+  return WaitRange(what, reqs, 0, 1, keep_alive, begin, status_out);
+}
+
+Status MpiCommunicator::WaitRange(const char* what, std::vector<MPI_Request>& reqs, size_t first,
+                                  size_t count, const std::vector<at::Tensor>& keep_alive,
+                                  std::chrono::steady_clock::time_point begin, MPI_Status* status_out) {
   const bool has_deadline = options_.timeout.count() > 0;
+  std::vector<MPI_Status> st(count);
   int spins = 0;
   for (;;) {
     int done = 0;
-    MPI_Status st;
-    rc = MPI_Test(&req, &done, &st);
-    if (rc != MPI_SUCCESS) return InternalError(CallName(what) + " failed: " + MpiErrorString(rc));
+    {
+      ASSIGN_OR_RETURN(auto guard, MpiCallGuard::Acquire(what));
+      int rc = MPI_Testall(static_cast<int>(count), reqs.data() + first, &done, st.data());
+      if (rc != MPI_SUCCESS) {
+        std::string detail = MpiErrorString(rc);
+        for (const auto& s : st) {
+          if (s.MPI_ERROR != MPI_SUCCESS && s.MPI_ERROR != MPI_ERR_PENDING) detail = MpiErrorString(s.MPI_ERROR);
+        }
+        return InternalError(CallName(what) + " failed: " + detail);
+      }
+    }
     if (done) {
-      if (status_out != nullptr) *status_out = st;
+      if (status_out != nullptr && count > 0) *status_out = st[0];
       return Status::OK();
     }
     if (++spins >= options_.spin_before_yield) {
@@ -169,7 +186,9 @@ Status MpiCommunicator::Run(const char* what, std::vector<at::Tensor> keep_alive
       // Checking the clock on every poll would cost more than the poll itself.
       if (has_deadline && std::chrono::steady_clock::now() - begin > options_.timeout) {
         poisoned_by_ = fmt::format("{} #{}", what, seq_);
-        abandoned_.push_back(std::make_unique<Abandoned>(Abandoned{req, std::move(keep_alive)}));
+        for (MPI_Request r : reqs) {
+          if (r != MPI_REQUEST_NULL) abandoned_.push_back(std::make_unique<Abandoned>(Abandoned{r, keep_alive}));
+        }
         return TimedOutError(fmt::format(
             "{} did not complete within {:.1f} s: a peer rank has not entered it (dead, hung, or "
             "running a different collective). This communicator is now unusable; restart the job "
@@ -180,9 +199,82 @@ Status MpiCommunicator::Run(const char* what, std::vector<at::Tensor> keep_alive
   }
 }
 
+// Ring all-reduce, for n ranks and a flat tensor of N elements cut into n near-equal chunks:
+//  1. reduce-scatter: in step s (0..n-2) rank r sends chunk (r - s) mod n to rank r+1 and
+//     receives chunk (r - s - 1) mod n from rank r-1 into scratch, then reduces it into place.
+//     After n-1 steps rank r holds the full reduction of chunk (r + 1) mod n.
+//  2. all-gather: in step s rank r sends chunk (r + 1 - s) mod n to r+1 and receives chunk
+//     (r - s) mod n from r-1 straight into place.
+// Each rank sends and receives 2 (n-1)/n N elements, the bandwidth optimum. Within a step
+// a chunk travels as segments (all posted at once, matched in order since MPI does not let
+// messages with one tag overtake); each received segment is reduced while still in cache.
+Status MpiCommunicator::RingAllReduce(at::Tensor& flat, ReduceOp op) {
+  constexpr int kRingTag = 0x7a11;
+  const char* what = "allreduce";
+  const auto begin = std::chrono::steady_clock::now();
+  const int n = size_;
+  const int64_t total = flat.numel();
+  const int64_t item = flat.element_size();
+  const int64_t seg = std::max<int64_t>(1, options_.ring_segment_bytes / item);
+  auto chunk_begin = [&](int c) { return total * c / n; };
+  auto chunk_len = [&](int c) { return chunk_begin(c + 1) - chunk_begin(c); };
+  const int64_t max_len = (total + n - 1) / n;
+  if (!scratch_ || scratch_->scalar_type() != flat.scalar_type() || scratch_->numel() < max_len) {
+    scratch_ = std::make_unique<at::Tensor>(at::empty({max_len}, flat.options()));
+  }
+  at::Tensor scratch = *scratch_;
+  const std::vector<at::Tensor> keep = {flat, scratch};
+  MPI_Datatype type = MpiType(flat.scalar_type());
+  char* base = static_cast<char*>(flat.data_ptr());
+  char* sbase = static_cast<char*>(scratch.data_ptr());
+  const int next = (rank_ + 1) % n, prev = (rank_ + n - 1) % n;
+  auto mod = [n](int x) { return ((x % n) + n) % n; };
+
+  // One step: send chunk send_c, receive chunk recv_c (into scratch when reducing), segment
+  // by segment. Requests: [recv segments..., send segments...].
+  auto step = [&](int send_c, int recv_c, bool reduce) -> Status {
+    const int64_t rlen = chunk_len(recv_c), slen = chunk_len(send_c);
+    const int64_t rsegs = (rlen + seg - 1) / seg, ssegs = (slen + seg - 1) / seg;
+    std::vector<MPI_Request> reqs(rsegs + ssegs, MPI_REQUEST_NULL);
+    char* rdst = reduce ? sbase : base + chunk_begin(recv_c) * item;
+    const char* ssrc = base + chunk_begin(send_c) * item;
+    {
+      ASSIGN_OR_RETURN(auto guard, MpiCallGuard::Acquire(what));
+      for (int64_t k = 0; k < rsegs; ++k) {
+        int len = static_cast<int>(std::min(seg, rlen - k * seg));
+        MPI_Irecv(rdst + k * seg * item, len, type, prev, kRingTag, comm_, &reqs[k]);
+      }
+      for (int64_t k = 0; k < ssegs; ++k) {
+        int len = static_cast<int>(std::min(seg, slen - k * seg));
+        MPI_Isend(ssrc + k * seg * item, len, type, next, kRingTag, comm_, &reqs[rsegs + k]);
+      }
+    }
+    for (int64_t k = 0; k < rsegs; ++k) {
+      RETURN_IF_ERROR(WaitRange(what, reqs, k, 1, keep, begin));
+      if (!reduce) continue;
+      const int64_t off = k * seg, len = std::min(seg, rlen - off);
+      at::Tensor dst = flat.narrow(0, chunk_begin(recv_c) + off, len);
+      at::Tensor src = scratch.narrow(0, off, len);
+      if (op == ReduceOp::kMax) at::maximum_out(dst, dst, src);
+      else dst.add_(src);
+    }
+    return WaitRange(what, reqs, rsegs, ssegs, keep, begin);
+  };
+
+  for (int s = 0; s < n - 1; ++s) RETURN_IF_ERROR(step(mod(rank_ - s), mod(rank_ - s - 1), true));
+  for (int s = 0; s < n - 1; ++s) RETURN_IF_ERROR(step(mod(rank_ + 1 - s), mod(rank_ - s), false));
+  return Status::OK();
+}
+
 Status MpiCommunicator::AllReduce(at::Tensor& t, ReduceOp op) {
   RETURN_IF_ERROR(CheckCollectiveTensor(*this, "allreduce", t, /*want_cuda=*/false));
   RETURN_IF_ERROR(Begin("allreduce"));
+  if (size_ > 1 && static_cast<int64_t>(t.nbytes()) / size_ >= options_.ring_min_chunk_bytes) {
+    at::Tensor flat = t.view({-1});
+    RETURN_IF_ERROR(RingAllReduce(flat, op));
+    if (op == ReduceOp::kAvg) DivideForAvg(t, size_);
+    return Status::OK();
+  }
   MPI_Datatype type = MpiType(t.scalar_type());
   MPI_Op mop = MpiOp(t.scalar_type(), op);
   // Large tensors go in chunks that fit MPI's int counts.

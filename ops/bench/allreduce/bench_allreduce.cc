@@ -1,0 +1,110 @@
+// All-reduce bandwidth of vlorch's Communicator against raw MPI_Allreduce, nccl-tests style.
+//
+// For each size (4 KB .. 256 MB, f32, sum) both run on the same buffer, alternating in
+// rounds so that drift in the machine affects both alike. A round times `iters` calls; the
+// time of a round is the slowest rank's; the reported time is the median round.
+//   algbw = bytes / time          busbw = algbw * 2 (n - 1) / n   (nccl-tests' definitions)
+// Output: a table on rank 0, then "summary <np> <min ratio >= 1MB> <geomean ratio >= 1MB>".
+#include <mpi.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+#include "worker/comm/mpi_communicator.h"
+#include "worker/comm/mpi_runtime.h"
+
+using vlorch::comm::MpiCommunicator;
+
+namespace {
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+template <typename Fn>
+double TimeRound(int iters, Fn fn) {
+  MPI_Barrier(MPI_COMM_WORLD);
+  double t0 = MPI_Wtime();
+  for (int i = 0; i < iters; ++i) fn();
+  double mine = (MPI_Wtime() - t0) / iters, slowest = 0;
+  MPI_Allreduce(&mine, &slowest, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+  return slowest;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  auto session = vlorch::comm::MpiSession::Init(&argc, &argv, vlorch::comm::MpiThreadLevel::kSerialized);
+  if (!session.ok()) return 1;
+  const int rank = (*session)->world_rank(), n = (*session)->world_size();
+  int rounds = 5;
+  int64_t max_bytes = int64_t{256} << 20;
+  if (argc > 1) max_bytes = std::atoll(argv[1]) << 20;
+  if (argc > 2) rounds = std::atoi(argv[2]);
+  vlorch::comm::CommOptions opts;
+  if (argc > 3) opts.ring_segment_bytes = std::atoll(argv[3]) << 10;
+  int64_t min_bytes = 4096;
+  if (argc > 4) min_bytes = std::atoll(argv[4]) << 20;
+
+  MPI_Comm dup;
+  MPI_Comm_dup(MPI_COMM_WORLD, &dup);
+  auto comm = std::move(MpiCommunicator::Create(dup, "world", opts)).value();
+
+  if (rank == 0) {
+    std::printf("# all-reduce f32 sum, np=%d, %d rounds per size (median), ring segment %lld KiB, time in us\n", n, rounds, (long long)(opts.ring_segment_bytes >> 10));
+    std::printf("# %10s %12s | %10s %8s %8s | %10s %8s %8s | %6s\n", "bytes", "count", "vlorch_us", "algbw",
+                "busbw", "mpi_us", "algbw", "busbw", "ratio");
+  }
+  std::vector<double> big_ratios;
+  for (int64_t bytes = min_bytes; bytes <= max_bytes; bytes *= 4) {
+    const int64_t count = bytes / 4;
+    // Zeros stay zeros under repeated in-place sums: no overflow, no denormals.
+    at::Tensor buf = at::zeros({count}, at::kFloat);
+    float* p = buf.data_ptr<float>();
+    // Aim for ~0.2 s per round, at least 2 calls.
+    double probe = TimeRound(1, [&] { MPI_Allreduce(MPI_IN_PLACE, p, count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD); });
+    int iters = static_cast<int>(std::clamp(0.2 / std::max(probe, 1e-6), 2.0, 2000.0));
+    MPI_Bcast(&iters, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    std::vector<double> tv, tm;
+    bool ok = true;
+    for (int r = 0; r < rounds; ++r) {
+      auto vl = [&] { ok = ok && comm->AllReduce(buf, vlorch::comm::ReduceOp::kSum).ok(); };
+      auto mp = [&] { MPI_Allreduce(MPI_IN_PLACE, p, count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD); };
+      if (r % 2 == 0) {
+        tv.push_back(TimeRound(iters, vl));
+        tm.push_back(TimeRound(iters, mp));
+      } else {
+        tm.push_back(TimeRound(iters, mp));
+        tv.push_back(TimeRound(iters, vl));
+      }
+    }
+    if (!ok) {
+      std::fprintf(stderr, "vlorch all-reduce failed\n");
+      MPI_Abort(MPI_COMM_WORLD, 1);
+    }
+    double v = Median(tv), m = Median(tm);
+    double factor = n > 1 ? 2.0 * (n - 1) / n : 1.0;
+    double alg_v = bytes / v / 1e9, alg_m = bytes / m / 1e9;
+    double ratio = m / v;  // = busbw_vlorch / busbw_mpi
+    if (bytes >= (1 << 20)) big_ratios.push_back(ratio);
+    if (rank == 0)
+      std::printf("  %10lld %12lld | %10.1f %8.2f %8.2f | %10.1f %8.2f %8.2f | %6.3f\n", (long long)bytes,
+                  (long long)count, v * 1e6, alg_v, alg_v * factor, m * 1e6, alg_m, alg_m * factor, ratio);
+  }
+  if (rank == 0) {
+    double lg = 0, mn = 1e9;
+    for (double r : big_ratios) {
+      lg += std::log(r);
+      mn = std::min(mn, r);
+    }
+    std::printf("summary np=%d min_ratio_ge_1MB=%.3f geomean_ratio_ge_1MB=%.3f\n", n, mn,
+                std::exp(lg / std::max<size_t>(1, big_ratios.size())));
+  }
+  comm.reset();
+  return 0;
+}
