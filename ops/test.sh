@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Installs the dependencies, builds, and runs the whole test suite (unit tests and the
+# multi-rank tests under real mpirun). This is the command README.md gives and .ci/run runs.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+bash "$root/ops/install-deps.sh"
+bash "$root/ops/build.sh"
+build="${VLORCH_BUILD_DIR:-$root/build}"
+start=$(date +%s)
+# Unit tests run in parallel; the mpirun tests are RUN_SERIAL (ranks share the cores).
+(cd "$build" && ctest --output-on-failure -j "$(nproc)" "$@")
+echo "test: suite done in $(( $(date +%s) - start )) s"
