@@ -50,9 +50,9 @@ struct CommOptions {
   // Yielding matters when ranks outnumber cores: a spinning rank would starve its peer.
   int spin_before_yield = 64;
   // MPI backend: an all-reduce whose per-rank chunk (bytes / group size) is at least this
-  // large uses vlorch's ring algorithm, a smaller one MPI_Iallreduce. Default 256 KiB, where
+  // large uses vlorch's ring algorithm, a smaller one MPI_Iallreduce. Default 128 KiB, where
   // the ring overtakes (ops/bench/allreduce).
-  int64_t ring_min_chunk_bytes = int64_t{256} << 10;
+  int64_t ring_min_chunk_bytes = int64_t{128} << 10;
   // MPI backend: the ring moves each chunk as segments of this size, reducing each segment
   // while it is still in cache. Default 1 MiB.
   int64_t ring_segment_bytes = int64_t{1} << 20;
