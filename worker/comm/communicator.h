@@ -94,10 +94,23 @@ class Communicator {
   virtual Status Barrier() = 0;
 };
 
-// Shared argument checks (used by both backends before they touch the network).
-// `what` is the call name used in messages ("allreduce").
+// Shared by the backends: argument checks made before touching the network, so both give
+// the same errors. `what` is the call name used in messages ("allreduce"); want_cuda
+// selects the device the backend needs.
 Status CheckCollectiveTensor(const Communicator& c, const char* what, const at::Tensor& t,
                              bool want_cuda);
 Status CheckPeer(const Communicator& c, const char* what, int peer);
+Status CheckAllGather(const Communicator& c, const at::Tensor& in, const at::Tensor& out, bool want_cuda);
+Status CheckReduceScatter(const Communicator& c, const at::Tensor& in, const at::Tensor& out,
+                          bool want_cuda);
+// Elements per row (product of the trailing dims) when the call is valid.
+StatusOr<int64_t> CheckAllToAll(const Communicator& c, const at::Tensor& in,
+                                const std::vector<int64_t>& send_rows, const at::Tensor& out,
+                                const std::vector<int64_t>& recv_rows, bool want_cuda);
+Status CheckBroadcastRoot(const Communicator& c, int root);
+// kAvg after a sum: divides by the group size (truncating toward zero for i64).
+void DivideForAvg(at::Tensor& t, int group_size);
+// The TimedOut error of a call that a peer never completed.
+Status CallTimedOut(const std::string& call_name, std::chrono::milliseconds timeout);
 
 }  // namespace vlorch::comm

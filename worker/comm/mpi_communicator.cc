@@ -71,23 +71,12 @@ MPI_Op MpiOp(at::ScalarType s, ReduceOp op) {
   return max ? MPI_MAX : MPI_SUM;
 }
 
-void DivideForAvg(at::Tensor& t, int size) {
-  if (size == 1 || t.numel() == 0) return;
-  if (t.scalar_type() == at::kLong) {
-    t.div_(size, "trunc");
-  } else {
-    t.div_(size);
-  }
-}
-
 Status CountFits(const char* what, const std::string& group, int64_t n) {
   if (n > INT_MAX)
     return InvalidArgumentError(fmt::format(
         "{} on group '{}': {} elements exceed MPI's int count limit; split the tensor", what, group, n));
   return Status::OK();
 }
-
-bool SameDtype(const at::Tensor& a, const at::Tensor& b) { return a.scalar_type() == b.scalar_type(); }
 
 }  // namespace
 
@@ -189,11 +178,7 @@ Status MpiCommunicator::WaitRange(const char* what, std::vector<MPI_Request>& re
         for (MPI_Request r : reqs) {
           if (r != MPI_REQUEST_NULL) abandoned_.push_back(std::make_unique<Abandoned>(Abandoned{r, keep_alive}));
         }
-        return TimedOutError(fmt::format(
-            "{} did not complete within {:.1f} s: a peer rank has not entered it (dead, hung, or "
-            "running a different collective). This communicator is now unusable; restart the job "
-            "from its last checkpoint",
-            CallName(what), options_.timeout.count() / 1000.0));
+        return CallTimedOut(CallName(what), options_.timeout);
       }
     }
   }
@@ -294,13 +279,7 @@ Status MpiCommunicator::AllReduce(at::Tensor& t, ReduceOp op) {
 }
 
 Status MpiCommunicator::AllGather(const at::Tensor& in, at::Tensor& out) {
-  RETURN_IF_ERROR(CheckCollectiveTensor(*this, "allgather", in, false));
-  RETURN_IF_ERROR(CheckCollectiveTensor(*this, "allgather", out, false));
-  if (!SameDtype(in, out) || out.numel() != in.numel() * size_)
-    return InvalidArgumentError(fmt::format(
-        "allgather on group '{}': output must have the input's dtype and {} x {} = {} elements "
-        "(got {} {} elements)",
-        name_, size_, in.numel(), size_ * in.numel(), c10::toString(out.scalar_type()), out.numel()));
+  RETURN_IF_ERROR(CheckAllGather(*this, in, out, /*want_cuda=*/false));
   RETURN_IF_ERROR(CountFits("allgather", name_, out.numel()));
   RETURN_IF_ERROR(Begin("allgather"));
   MPI_Datatype type = MpiType(in.scalar_type());
@@ -311,15 +290,7 @@ Status MpiCommunicator::AllGather(const at::Tensor& in, at::Tensor& out) {
 }
 
 Status MpiCommunicator::ReduceScatter(const at::Tensor& in, at::Tensor& out, ReduceOp op) {
-  RETURN_IF_ERROR(CheckCollectiveTensor(*this, "reducescatter", in, false));
-  RETURN_IF_ERROR(CheckCollectiveTensor(*this, "reducescatter", out, false));
-  if (!SameDtype(in, out) || in.numel() != out.numel() * size_)
-    return InvalidArgumentError(fmt::format(
-        "reducescatter on group '{}': input must have the output's dtype and {} x {} = {} "
-        "elements (got {})",
-        name_, size_, out.numel(), size_ * out.numel(), in.numel()));
-  if (out.numel() > 0 && in.is_same(out))
-    return InvalidArgumentError(fmt::format("reducescatter on group '{}': input and output must not alias", name_));
+  RETURN_IF_ERROR(CheckReduceScatter(*this, in, out, /*want_cuda=*/false));
   RETURN_IF_ERROR(CountFits("reducescatter", name_, in.numel()));
   RETURN_IF_ERROR(Begin("reducescatter"));
   MPI_Datatype type = MpiType(in.scalar_type());
@@ -334,22 +305,10 @@ Status MpiCommunicator::ReduceScatter(const at::Tensor& in, at::Tensor& out, Red
 
 Status MpiCommunicator::AllToAll(const at::Tensor& in, const std::vector<int64_t>& send_rows,
                                  at::Tensor& out, const std::vector<int64_t>& recv_rows) {
-  RETURN_IF_ERROR(CheckCollectiveTensor(*this, "alltoall", in, false));
-  RETURN_IF_ERROR(CheckCollectiveTensor(*this, "alltoall", out, false));
-  auto bad = [&](const std::string& m) {
-    return InvalidArgumentError(fmt::format("alltoall on group '{}': {}", name_, m));
-  };
-  if (!SameDtype(in, out)) return bad("input and output dtypes differ");
-  if (in.dim() == 0 || out.dim() == 0) return bad("tensors need at least one dimension (rows)");
-  if (in.sizes().slice(1) != out.sizes().slice(1)) return bad("input and output trailing shapes differ");
-  if (static_cast<int>(send_rows.size()) != size_ || static_cast<int>(recv_rows.size()) != size_)
-    return bad(fmt::format("send_rows and recv_rows need {} entries (one per rank)", size_));
-  int64_t row = 1;
-  for (int64_t d : in.sizes().slice(1)) row *= d;
+  ASSIGN_OR_RETURN(const int64_t row, CheckAllToAll(*this, in, send_rows, out, recv_rows, /*want_cuda=*/false));
   std::vector<int> sc(size_), sd(size_), rc(size_), rd(size_);
   int64_t s_total = 0, r_total = 0;
   for (int p = 0; p < size_; ++p) {
-    if (send_rows[p] < 0 || recv_rows[p] < 0) return bad("row counts must be >= 0");
     RETURN_IF_ERROR(CountFits("alltoall", name_, (s_total + send_rows[p]) * row));
     RETURN_IF_ERROR(CountFits("alltoall", name_, (r_total + recv_rows[p]) * row));
     sc[p] = static_cast<int>(send_rows[p] * row);
@@ -359,10 +318,6 @@ Status MpiCommunicator::AllToAll(const at::Tensor& in, const std::vector<int64_t
     s_total += send_rows[p];
     r_total += recv_rows[p];
   }
-  if (s_total != in.size(0))
-    return bad(fmt::format("send_rows sum to {} but the input has {} rows", s_total, in.size(0)));
-  if (r_total != out.size(0))
-    return bad(fmt::format("recv_rows sum to {} but the output has {} rows", r_total, out.size(0)));
   RETURN_IF_ERROR(Begin("alltoall"));
   MPI_Datatype type = MpiType(in.scalar_type());
   return Run("alltoall", {in, out}, [&](MPI_Request* r) {
@@ -373,9 +328,7 @@ Status MpiCommunicator::AllToAll(const at::Tensor& in, const std::vector<int64_t
 
 Status MpiCommunicator::Broadcast(at::Tensor& t, int root) {
   RETURN_IF_ERROR(CheckCollectiveTensor(*this, "broadcast", t, false));
-  if (root < 0 || root >= size_)
-    return InvalidArgumentError(fmt::format("broadcast on group '{}': root {} is not a rank (size {})",
-                                            name_, root, size_));
+  RETURN_IF_ERROR(CheckBroadcastRoot(*this, root));
   RETURN_IF_ERROR(CountFits("broadcast", name_, t.numel()));
   RETURN_IF_ERROR(Begin("broadcast"));
   MPI_Datatype type = MpiType(t.scalar_type());

@@ -95,55 +95,30 @@ class NcclCommunicator final : public Communicator {
     ncclResult_t r = ncclAllReduce(t.data_ptr(), t.data_ptr(), t.numel(), NcclType(t.scalar_type()),
                                    NcclOp(op), comm_, stream_);
     RETURN_IF_ERROR(Complete("allreduce", r));
-    if (op == ReduceOp::kAvg) Divide(t);
+    if (op == ReduceOp::kAvg) DivideForAvg(t, size_);
     return Status::OK();
   }
 
   Status AllGather(const at::Tensor& in, at::Tensor& out) override {
-    RETURN_IF_ERROR(CheckCollectiveTensor(*this, "allgather", in, true));
-    RETURN_IF_ERROR(CheckCollectiveTensor(*this, "allgather", out, true));
-    if (in.scalar_type() != out.scalar_type() || out.numel() != in.numel() * size_)
-      return InvalidArgumentError(fmt::format("allgather on group '{}': output must have the input's dtype and {} elements",
-                                              name_, in.numel() * size_));
+    RETURN_IF_ERROR(CheckAllGather(*this, in, out, /*want_cuda=*/true));
     RETURN_IF_ERROR(Begin("allgather"));
     return Complete("allgather", ncclAllGather(in.data_ptr(), out.data_ptr(), in.numel(),
                                                NcclType(in.scalar_type()), comm_, stream_));
   }
 
   Status ReduceScatter(const at::Tensor& in, at::Tensor& out, ReduceOp op) override {
-    RETURN_IF_ERROR(CheckCollectiveTensor(*this, "reducescatter", in, true));
-    RETURN_IF_ERROR(CheckCollectiveTensor(*this, "reducescatter", out, true));
-    if (in.scalar_type() != out.scalar_type() || in.numel() != out.numel() * size_)
-      return InvalidArgumentError(fmt::format("reducescatter on group '{}': input must have the output's dtype and {} elements",
-                                              name_, out.numel() * size_));
+    RETURN_IF_ERROR(CheckReduceScatter(*this, in, out, /*want_cuda=*/true));
     RETURN_IF_ERROR(Begin("reducescatter"));
     RETURN_IF_ERROR(Complete("reducescatter",
                              ncclReduceScatter(in.data_ptr(), out.data_ptr(), out.numel(),
                                                NcclType(in.scalar_type()), NcclOp(op), comm_, stream_)));
-    if (op == ReduceOp::kAvg) Divide(out);
+    if (op == ReduceOp::kAvg) DivideForAvg(out, size_);
     return Status::OK();
   }
 
   Status AllToAll(const at::Tensor& in, const std::vector<int64_t>& send_rows, at::Tensor& out,
                   const std::vector<int64_t>& recv_rows) override {
-    RETURN_IF_ERROR(CheckCollectiveTensor(*this, "alltoall", in, true));
-    RETURN_IF_ERROR(CheckCollectiveTensor(*this, "alltoall", out, true));
-    if (in.scalar_type() != out.scalar_type() || in.dim() == 0 || out.dim() == 0 ||
-        in.sizes().slice(1) != out.sizes().slice(1) || static_cast<int>(send_rows.size()) != size_ ||
-        static_cast<int>(recv_rows.size()) != size_)
-      return InvalidArgumentError(fmt::format("alltoall on group '{}': mismatched dtypes, trailing shapes or row counts", name_));
-    int64_t row = 1;
-    for (int64_t d : in.sizes().slice(1)) row *= d;
-    int64_t s_total = 0, r_total = 0;
-    for (int p = 0; p < size_; ++p) {
-      if (send_rows[p] < 0 || recv_rows[p] < 0)
-        return InvalidArgumentError(fmt::format("alltoall on group '{}': row counts must be >= 0", name_));
-      s_total += send_rows[p];
-      r_total += recv_rows[p];
-    }
-    if (s_total != in.size(0) || r_total != out.size(0))
-      return InvalidArgumentError(fmt::format("alltoall on group '{}': row counts sum to {}/{} but tensors have {}/{} rows",
-                                              name_, s_total, r_total, in.size(0), out.size(0)));
+    ASSIGN_OR_RETURN(const int64_t row, CheckAllToAll(*this, in, send_rows, out, recv_rows, /*want_cuda=*/true));
     RETURN_IF_ERROR(Begin("alltoall"));
     const size_t item = in.element_size();
     const char* src = static_cast<const char*>(in.data_ptr());
@@ -164,8 +139,7 @@ class NcclCommunicator final : public Communicator {
 
   Status Broadcast(at::Tensor& t, int root) override {
     RETURN_IF_ERROR(CheckCollectiveTensor(*this, "broadcast", t, true));
-    if (root < 0 || root >= size_)
-      return InvalidArgumentError(fmt::format("broadcast on group '{}': root {} is not a rank", name_, root));
+    RETURN_IF_ERROR(CheckBroadcastRoot(*this, root));
     RETURN_IF_ERROR(Begin("broadcast"));
     return Complete("broadcast", ncclBroadcast(t.data_ptr(), t.data_ptr(), t.numel(),
                                                NcclType(t.scalar_type()), root, comm_, stream_));
@@ -246,19 +220,9 @@ class NcclCommunicator final : public Communicator {
       if (++spins >= options_.spin_before_yield) {
         sched_yield();
         if (expired())
-          return fail(TimedOutError(fmt::format(
-              "{} did not complete within {:.1f} s: a peer rank has not entered it (dead, hung, or running "
-              "a different collective). This communicator is now unusable; restart the job from its last "
-              "checkpoint",
-              CallName(what), options_.timeout.count() / 1000.0)));
+          return fail(CallTimedOut(CallName(what), options_.timeout));
       }
     }
-  }
-
-  void Divide(at::Tensor& t) {
-    if (size_ == 1 || t.numel() == 0) return;
-    if (t.scalar_type() == at::kLong) t.div_(size_, "trunc");
-    else t.div_(size_);
   }
 
   std::string name_;
