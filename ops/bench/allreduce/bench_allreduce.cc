@@ -4,6 +4,7 @@
 // rounds so that drift in the machine affects both alike. A round times `iters` calls; the
 // time of a round is the slowest rank's; the reported time is the median round.
 //   algbw = bytes / time          busbw = algbw * 2 (n - 1) / n   (nccl-tests' definitions)
+// Arguments: [max MiB=256] [rounds=5] [ring segment KiB] [min MiB] [polls before yielding].
 // Output: a table on rank 0, then "summary <np> <min ratio >= 1MB> <geomean ratio >= 1MB>".
 #include <mpi.h>
 
@@ -50,6 +51,7 @@ int main(int argc, char** argv) {
   if (argc > 3) opts.ring_segment_bytes = std::atoll(argv[3]) << 10;
   int64_t min_bytes = 4096;
   if (argc > 4) min_bytes = std::atoll(argv[4]) << 20;
+  if (argc > 5) opts.spin_before_yield = std::atoi(argv[5]);
 
   MPI_Comm dup;
   MPI_Comm_dup(MPI_COMM_WORLD, &dup);
