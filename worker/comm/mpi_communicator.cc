@@ -190,11 +190,14 @@ Status MpiCommunicator::WaitRange(const char* what, std::vector<MPI_Request>& re
 //     After n-1 steps rank r holds the full reduction of chunk (r + 1) mod n.
 //  2. all-gather: in step s rank r sends chunk (r + 1 - s) mod n to r+1 and receives chunk
 //     (r - s) mod n from r-1 straight into place.
-// Each rank sends and receives 2 (n-1)/n N elements, the bandwidth optimum. Within a step
-// a chunk travels as segments (all posted at once, matched in order since MPI does not let
+// Each rank sends and receives 2 (n-1)/n N elements, the bandwidth optimum. Within a step a
+// chunk travels as segments (all posted at once, matched in order since MPI does not let
 // messages with one tag overtake); each received segment is reduced while still in cache.
+// The last reduce-scatter step forwards each segment as soon as it is reduced (it is final,
+// and it is what all-gather step 0 sends), so the all-gather overlaps the reduction; the two
+// streams from the same peer use different tags. At n = 2 that is the whole algorithm.
 Status MpiCommunicator::RingAllReduce(at::Tensor& flat, ReduceOp op) {
-  constexpr int kRingTag = 0x7a11;
+  constexpr int kReduceTag = 0x7a11, kGatherTag = 0x7a12;
   const char* what = "allreduce";
   const auto begin = std::chrono::steady_clock::now();
   const int n = size_;
@@ -203,6 +206,8 @@ Status MpiCommunicator::RingAllReduce(at::Tensor& flat, ReduceOp op) {
   const int64_t seg = std::max<int64_t>(1, options_.ring_segment_bytes / item);
   auto chunk_begin = [&](int c) { return total * c / n; };
   auto chunk_len = [&](int c) { return chunk_begin(c + 1) - chunk_begin(c); };
+  auto segs = [&](int c) { return (chunk_len(c) + seg - 1) / seg; };
+  auto seg_len = [&](int c, int64_t k) { return static_cast<int>(std::min(seg, chunk_len(c) - k * seg)); };
   const int64_t max_len = (total + n - 1) / n;
   if (!scratch_ || scratch_->scalar_type() != flat.scalar_type() || scratch_->numel() < max_len) {
     scratch_ = std::make_unique<at::Tensor>(at::empty({max_len}, flat.options()));
@@ -214,40 +219,51 @@ Status MpiCommunicator::RingAllReduce(at::Tensor& flat, ReduceOp op) {
   char* sbase = static_cast<char*>(scratch.data_ptr());
   const int next = (rank_ + 1) % n, prev = (rank_ + n - 1) % n;
   auto mod = [n](int x) { return ((x % n) + n) % n; };
+  auto at_chunk = [&](int c, int64_t k) { return base + (chunk_begin(c) + k * seg) * item; };
 
-  // One step: send chunk send_c, receive chunk recv_c (into scratch when reducing), segment
-  // by segment. Requests: [recv segments..., send segments...].
-  auto step = [&](int send_c, int recv_c, bool reduce) -> Status {
-    const int64_t rlen = chunk_len(recv_c), slen = chunk_len(send_c);
-    const int64_t rsegs = (rlen + seg - 1) / seg, ssegs = (slen + seg - 1) / seg;
-    std::vector<MPI_Request> reqs(rsegs + ssegs, MPI_REQUEST_NULL);
-    char* rdst = reduce ? sbase : base + chunk_begin(recv_c) * item;
-    const char* ssrc = base + chunk_begin(send_c) * item;
+  // One step. Requests, in order: receives of recv_c, sends of send_c, and for the last
+  // reduce-scatter step also the all-gather receives of gather_c and the forwarded sends.
+  auto step = [&](int send_c, int recv_c, bool reduce, bool forward, int gather_c) -> Status {
+    const int64_t rsegs = segs(recv_c), ssegs = segs(send_c);
+    const int64_t gsegs = forward ? segs(gather_c) : 0, fsegs = forward ? rsegs : 0;
+    std::vector<MPI_Request> reqs(rsegs + ssegs + gsegs + fsegs, MPI_REQUEST_NULL);
+    MPI_Request* rq = reqs.data();
+    MPI_Request* sq = rq + rsegs;
+    MPI_Request* gq = sq + ssegs;
+    MPI_Request* fq = gq + gsegs;
+    const int tag = reduce ? kReduceTag : kGatherTag;
     {
       ASSIGN_OR_RETURN(auto guard, MpiCallGuard::Acquire(what));
-      for (int64_t k = 0; k < rsegs; ++k) {
-        int len = static_cast<int>(std::min(seg, rlen - k * seg));
-        MPI_Irecv(rdst + k * seg * item, len, type, prev, kRingTag, comm_, &reqs[k]);
-      }
-      for (int64_t k = 0; k < ssegs; ++k) {
-        int len = static_cast<int>(std::min(seg, slen - k * seg));
-        MPI_Isend(ssrc + k * seg * item, len, type, next, kRingTag, comm_, &reqs[rsegs + k]);
-      }
+      for (int64_t k = 0; k < rsegs; ++k)
+        MPI_Irecv(reduce ? sbase + k * seg * item : at_chunk(recv_c, k), seg_len(recv_c, k), type, prev, tag,
+                  comm_, &rq[k]);
+      for (int64_t k = 0; k < gsegs; ++k)
+        MPI_Irecv(at_chunk(gather_c, k), seg_len(gather_c, k), type, prev, kGatherTag, comm_, &gq[k]);
+      for (int64_t k = 0; k < ssegs; ++k)
+        MPI_Isend(at_chunk(send_c, k), seg_len(send_c, k), type, next, tag, comm_, &sq[k]);
     }
     for (int64_t k = 0; k < rsegs; ++k) {
       RETURN_IF_ERROR(WaitRange(what, reqs, k, 1, keep, begin));
       if (!reduce) continue;
-      const int64_t off = k * seg, len = std::min(seg, rlen - off);
-      at::Tensor dst = flat.narrow(0, chunk_begin(recv_c) + off, len);
-      at::Tensor src = scratch.narrow(0, off, len);
+      at::Tensor dst = flat.narrow(0, chunk_begin(recv_c) + k * seg, seg_len(recv_c, k));
+      at::Tensor src = scratch.narrow(0, k * seg, seg_len(recv_c, k));
       if (op == ReduceOp::kMax) at::maximum_out(dst, dst, src);
       else dst.add_(src);
+      if (forward) {
+        ASSIGN_OR_RETURN(auto guard, MpiCallGuard::Acquire(what));
+        MPI_Isend(at_chunk(recv_c, k), seg_len(recv_c, k), type, next, kGatherTag, comm_, &fq[k]);
+      }
     }
-    return WaitRange(what, reqs, rsegs, ssegs, keep, begin);
+    return WaitRange(what, reqs, rsegs, ssegs + gsegs + fsegs, keep, begin);
   };
 
-  for (int s = 0; s < n - 1; ++s) RETURN_IF_ERROR(step(mod(rank_ - s), mod(rank_ - s - 1), true));
-  for (int s = 0; s < n - 1; ++s) RETURN_IF_ERROR(step(mod(rank_ + 1 - s), mod(rank_ - s), false));
+  for (int s = 0; s < n - 1; ++s) {
+    const bool last = s == n - 2;
+    RETURN_IF_ERROR(step(mod(rank_ - s), mod(rank_ - s - 1), /*reduce=*/true, /*forward=*/last,
+                         /*gather_c=*/mod(rank_)));
+  }
+  // All-gather step 0 happened inside the last reduce-scatter step.
+  for (int s = 1; s < n - 1; ++s) RETURN_IF_ERROR(step(mod(rank_ + 1 - s), mod(rank_ - s), false, false, 0));
   return Status::OK();
 }
 
