@@ -1,0 +1,206 @@
+#include "sharding/shard_store.h"
+
+#include <dirent.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+
+#include <gtest/gtest.h>
+
+namespace vlorch::sharding {
+namespace {
+
+std::string FreshDir(const std::string& name) {
+  std::string dir = ::testing::TempDir() + "/vlorch_store_" + name + "_" + std::to_string(getpid());
+  std::string cmd = "rm -rf '" + dir + "'";
+  EXPECT_EQ(std::system(cmd.c_str()), 0);
+  return dir;
+}
+
+Sample Caption(const std::string& id, const std::string& text, std::string image, uint64_t ordinal) {
+  Sample s;
+  s.record.kind = SampleKind::kCaption;
+  s.record.id = id;
+  s.record.text = text;
+  s.record.source_format = "img2dataset";
+  s.record.source_file = "00000.tar";
+  s.record.source_ordinal = ordinal;
+  s.image = std::move(image);
+  return s;
+}
+
+// Fills a store with n samples (shard size 4), committed in batches of 3.
+void Fill(const std::string& dir, int n) {
+  ShardStoreOptions o;
+  o.shard_size = 4;
+  auto store = ShardStore::Open(dir, o);
+  ASSERT_TRUE(store.ok()) << store.status().ToString();
+  SourceState src;
+  src.format = "img2dataset";
+  src.path = "00000.tar";
+  for (int i = 0; i < n;) {
+    ShardStore::Batch b;
+    for (int k = 0; k < 3 && i < n; ++k, ++i)
+      b.samples.push_back(Caption("key" + std::to_string(i), "caption " + std::to_string(i),
+                                  std::string(1000 + i, static_cast<char>('a' + i % 26)), i));
+    src.next_ordinal = i;
+    src.ingested = i;
+    b.source = src;
+    ASSERT_TRUE((*store)->Commit(b).ok());
+  }
+}
+
+TEST(ShardStoreTest, CommitReopenRead) {
+  std::string dir = FreshDir("basic");
+  Fill(dir, 10);
+  ShardStoreOptions ro;
+  ro.read_only = true;
+  auto store = ShardStore::Open(dir, ro);
+  ASSERT_TRUE(store.ok()) << store.status().ToString();
+  EXPECT_EQ((*store)->num_samples(), 10u);
+  EXPECT_EQ((*store)->shard_size(), 4u);
+  EXPECT_EQ((*store)->num_shards(), 3u);
+  for (uint64_t i = 0; i < 10; ++i) {
+    auto s = (*store)->Get(i, true);
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    EXPECT_EQ(s->record.id, "key" + std::to_string(i));
+    EXPECT_EQ(s->image, std::string(1000 + i, static_cast<char>('a' + i % 26)));
+    EXPECT_EQ(s->record.image_bytes, 1000 + i);
+  }
+  auto past = (*store)->Get(10, false);
+  EXPECT_EQ(past.status().code(), StatusCode::kNotFound);
+  auto found = (*store)->FindId("img2dataset", "key7");
+  ASSERT_TRUE(found.ok());
+  EXPECT_EQ(**found, 7u);
+  EXPECT_FALSE((*(*store)->FindId("img2dataset", "nope")).has_value());
+  auto sources = (*store)->Sources();
+  ASSERT_TRUE(sources.ok());
+  ASSERT_EQ(sources->size(), 1u);
+  EXPECT_EQ((*sources)[0].next_ordinal, 10u);
+  ShardStore::Batch b;
+  EXPECT_EQ((*store)->Commit(b).code(), StatusCode::kFailedPrecondition);
+}
+
+TEST(ShardStoreTest, QuarantineAndSourceState) {
+  std::string dir = FreshDir("quarantine");
+  auto store = ShardStore::Open(dir, {});
+  ASSERT_TRUE(store.ok());
+  ShardStore::Batch b;
+  b.source.format = "jsonl";
+  b.source.path = "a.jsonl";
+  b.source.next_ordinal = 3;
+  b.source.quarantined["malformed_json"] = 1;
+  b.quarantine.push_back({"a.jsonl", 2, "", "malformed_json", "unexpected end", 120});
+  ASSERT_TRUE((*store)->Commit(b).ok());
+  std::vector<QuarantineEntry> seen;
+  ASSERT_TRUE((*store)->ForEachQuarantined([&](const QuarantineEntry& q) {
+    seen.push_back(q);
+    return true;
+  }).ok());
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0].source_file, "a.jsonl");
+  EXPECT_EQ(seen[0].ordinal, 2u);
+  EXPECT_EQ(seen[0].reason, "malformed_json");
+  EXPECT_EQ(seen[0].byte_offset, 120);
+  auto st = (*store)->Source("jsonl", "a.jsonl");
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(st->quarantined.at("malformed_json"), 1u);
+  EXPECT_EQ((*store)->Source("llava", "a.jsonl").status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ((*store)->Source("jsonl", "b.jsonl")->next_ordinal, 0u);
+}
+
+TEST(ShardStoreTest, OpenErrorsSayWhatToDo) {
+  ShardStoreOptions ro;
+  ro.read_only = true;
+  auto missing = ShardStore::Open("/nonexistent/store", ro);
+  EXPECT_EQ(missing.status().code(), StatusCode::kNotFound);
+  EXPECT_NE(missing.status().message().find("vlorch shards ingest"), std::string::npos);
+  std::string dir = FreshDir("lock");
+  auto writer = ShardStore::Open(dir, {});
+  ASSERT_TRUE(writer.ok());
+  auto second = ShardStore::Open(dir, {});
+  EXPECT_EQ(second.status().code(), StatusCode::kUnavailable) << second.status().ToString();
+  EXPECT_NE(second.status().message().find("open for writing by another process"), std::string::npos);
+}
+
+// A byte flipped inside the images' blob file is detected on read, never returned as data.
+TEST(ShardStoreTest, CorruptImageIsDetected) {
+  std::string dir = FreshDir("corrupt");
+  Fill(dir, 6);
+  {
+    // Compact so the images land in a blob file (they are in the WAL/memtable before).
+    ShardStoreOptions o;
+    auto s = ShardStore::Open(dir, o);
+    ASSERT_TRUE(s.ok());
+  }
+  std::string blob;
+  DIR* d = opendir(dir.c_str());
+  ASSERT_NE(d, nullptr);
+  while (dirent* e = readdir(d)) {
+    std::string n = e->d_name;
+    if (n.size() > 5 && n.substr(n.size() - 5) == ".blob") blob = dir + "/" + n;
+  }
+  closedir(d);
+  ASSERT_FALSE(blob.empty()) << "images should be in a blob file after reopening";
+  {
+    std::fstream f(blob, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(0, std::ios::end);
+    std::streamoff size = f.tellg();
+    f.seekp(size / 2);
+    char c;
+    f.seekg(size / 2);
+    f.get(c);
+    f.seekp(size / 2);
+    f.put(static_cast<char>(c ^ 0x55));
+  }
+  ShardStoreOptions ro;
+  ro.read_only = true;
+  auto store = ShardStore::Open(dir, ro);
+  ASSERT_TRUE(store.ok());
+  int corrupt = 0;
+  for (uint64_t i = 0; i < 6; ++i) {
+    auto s = (*store)->Get(i, true);
+    if (!s.ok()) {
+      EXPECT_EQ(s.status().code(), StatusCode::kCorruption) << s.status().ToString();
+      ++corrupt;
+    } else {
+      EXPECT_EQ(s->image, std::string(1000 + i, static_cast<char>('a' + i % 26)));
+    }
+  }
+  EXPECT_EQ(corrupt, 1);
+}
+
+// Four processes open the store read-only at the same time and read every sample.
+TEST(ShardStoreTest, FourProcessesReadConcurrently) {
+  std::string dir = FreshDir("concurrent");
+  Fill(dir, 40);
+  std::vector<pid_t> kids;
+  for (int p = 0; p < 4; ++p) {
+    pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      ShardStoreOptions ro;
+      ro.read_only = true;
+      auto store = ShardStore::Open(dir, ro);
+      if (!store.ok()) _exit(2);
+      for (int round = 0; round < 20; ++round) {
+        for (uint64_t i = 0; i < 40; ++i) {
+          auto s = (*store)->Get((i * 7 + p) % 40, true);
+          if (!s.ok() || s->record.id != "key" + std::to_string((i * 7 + p) % 40)) _exit(3);
+        }
+      }
+      _exit(0);
+    }
+    kids.push_back(pid);
+  }
+  for (pid_t k : kids) {
+    int status = 0;
+    ASSERT_EQ(waitpid(k, &status, 0), k);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "reader exited with " << status;
+  }
+}
+
+}  // namespace
+}  // namespace vlorch::sharding
