@@ -89,10 +89,7 @@ struct ShardStore::Rep {
   }
 };
 
-Status ShardStoreOptions::Validate() const {
-  if (shard_size < 1) return InvalidArgumentError("shard size must be >= 1");
-  return Status::OK();
-}
+Status ShardStoreOptions::Validate() const { return Status::OK(); }
 
 ShardStore::ShardStore(std::unique_ptr<Rep> rep) : rep_(std::move(rep)) {}
 ShardStore::~ShardStore() = default;
@@ -148,12 +145,13 @@ StatusOr<std::unique_ptr<ShardStore>> ShardStore::Open(const std::string& dir, c
     if (options.read_only) return CorruptionError(fmt::format("'{}' has no shard store metadata", dir));
     rocksdb::WriteBatch wb;
     wb.Put(r.cf[kMeta], "format_version", std::to_string(kShardStoreFormatVersion));
-    wb.Put(r.cf[kMeta], "shard_size", std::to_string(options.shard_size));
+    const uint32_t shard_size = options.shard_size ? options.shard_size : kDefaultShardSize;
+    wb.Put(r.cf[kMeta], "shard_size", std::to_string(shard_size));
     wb.Put(r.cf[kMeta], "next_index", IndexKey(0));
     rocksdb::WriteOptions wo;
     wo.sync = true;
     RETURN_IF_ERROR(FromRocks(r.db->Write(wo, &wb), "initialising shard store"));
-    store->shard_size_ = options.shard_size;
+    store->shard_size_ = shard_size;
     store->next_index_ = 0;
     return store;
   }
@@ -162,6 +160,10 @@ StatusOr<std::unique_ptr<ShardStore>> ShardStore::Open(const std::string& dir, c
                                                dir, *version, kShardStoreFormatVersion));
   if (!shard_size || !next) return CorruptionError(fmt::format("shard store '{}' is missing its metadata", dir));
   store->shard_size_ = static_cast<uint32_t>(std::stoul(*shard_size));
+  if (options.shard_size != 0 && options.shard_size != store->shard_size_)
+    return InvalidArgumentError(fmt::format(
+        "shard store '{}' has shard size {}; it cannot change (drop --shard-size, or ingest into a new store)", dir,
+        store->shard_size_));
   store->next_index_ = DecodeIndexKey(*next);
   return store;
 }

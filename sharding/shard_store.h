@@ -34,11 +34,13 @@ namespace vlorch::sharding {
 
 // The on-disk format version this code writes and reads.
 inline constexpr int kShardStoreFormatVersion = 1;
+inline constexpr uint32_t kDefaultShardSize = 4096;
 
 struct ShardStoreOptions {
-  // Samples per shard. Used when the store is created; an existing store keeps its own, and
-  // asking for a different one is InvalidArgument. Default 4096.
-  uint32_t shard_size = 4096;
+  // Samples per shard, fixed when the store is created. 0 (default) means the store's own,
+  // kDefaultShardSize for a new store; a different non-zero size on an existing store is
+  // InvalidArgument.
+  uint32_t shard_size = 0;
   // Open for reading only: many processes at once, no writes. Default false.
   bool read_only = false;
   // Create the store when `dir` has none (ignored when read_only). Default true.

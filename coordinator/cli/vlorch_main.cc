@@ -7,6 +7,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include "coordinator/cli/shards_cmd.h"
 #include "jobs/parallel_layout.h"
 
 namespace {
@@ -55,10 +56,13 @@ int main(int argc, char** argv) {
   lay->add_option("--ep", layout.ep, "expert-parallel size")->capture_default_str();
   lay->callback([&] { layout_rc = RunLayout(np, layout); });
 
+  int shards_rc = 0;
+  vlorch::cli::AddShardsCommands(app, &shards_rc);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 2;
   }
-  return layout_rc;
+  return layout_rc != 0 ? layout_rc : shards_rc;
 }

@@ -1,0 +1,197 @@
+#include "sharding/ingest.h"
+
+#include <sys/stat.h>
+
+#include <chrono>
+#include <climits>
+#include <cstdlib>
+#include <future>
+#include <set>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include "common/fault.h"
+#include "common/logging.h"
+#include "sharding/jpeg_check.h"
+#include "sharding/readers.h"
+
+namespace vlorch::sharding {
+namespace {
+
+bool Blank(const std::string& s) { return s.find_first_not_of(" \t\r\n\v\f") == std::string::npos; }
+
+// Fills the sample from a raw record or returns (reason, detail) for the quarantine.
+std::pair<std::string, std::string> Validate(const RawRecord& raw, Sample* s) {
+  if (!raw.reject_reason.empty()) return {raw.reject_reason, raw.reject_detail};
+  if (raw.wants_image && !raw.image_found) return {"missing_image", "the record has no image file"};
+  if (!IsValidUtf8(raw.text) || !IsValidUtf8(raw.id)) return {"non_utf8_text", "text is not valid UTF-8"};
+  for (const Turn& t : raw.conversation) {
+    if (!IsValidUtf8(t.value)) return {"non_utf8_text", "a conversation turn is not valid UTF-8"};
+  }
+  if (raw.kind != SampleKind::kConversation && Blank(raw.text))
+    return {raw.kind == SampleKind::kText ? "empty_text" : "empty_caption", "the text is empty or whitespace"};
+  if (raw.wants_image) {
+    JpegCheck j = CheckJpeg(raw.image);
+    if (!j.ok) return {j.reason, j.detail};
+    s->record.width = j.width;
+    s->record.height = j.height;
+    s->image = raw.image;
+  }
+  s->record.kind = raw.kind;
+  s->record.id = raw.id;
+  s->record.text = raw.text;
+  s->record.conversation = raw.conversation;
+  s->record.metadata_json = raw.metadata_json;
+  return {};
+}
+
+uint64_t FileSize(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
+}
+
+}  // namespace
+
+const char* SourceFormatName(SourceFormat f) {
+  switch (f) {
+    case SourceFormat::kLlava: return "llava";
+    case SourceFormat::kImg2Dataset: return "img2dataset";
+    case SourceFormat::kJsonl: return "jsonl";
+  }
+  return "?";
+}
+
+StatusOr<SourceFormat> ParseSourceFormat(const std::string& name) {
+  if (name == "llava") return SourceFormat::kLlava;
+  if (name == "img2dataset") return SourceFormat::kImg2Dataset;
+  if (name == "jsonl") return SourceFormat::kJsonl;
+  return InvalidArgumentError(fmt::format("unknown format '{}' (use llava, img2dataset or jsonl)", name));
+}
+
+Status IngestOptions::Validate() const {
+  if (sources.empty()) return InvalidArgumentError("no sources given");
+  if (batch_size < 1) return InvalidArgumentError("batch size must be >= 1");
+  if (threads < 0) return InvalidArgumentError("threads must be >= 0");
+  if (format == SourceFormat::kLlava)
+    return FailedPreconditionError("the llava (CC595K) ingester is not built yet; use img2dataset or jsonl");
+  return Status::OK();
+}
+
+StatusOr<IngestReport> Ingest(ShardStore& store, const IngestOptions& options) {
+  RETURN_IF_ERROR(options.Validate());
+  const auto t0 = std::chrono::steady_clock::now();
+  const int threads = options.threads > 0 ? options.threads : std::max(1u, std::thread::hardware_concurrency());
+  const std::string format = SourceFormatName(options.format);
+
+  // Resolve every source first: a missing file fails fast, before anything is written.
+  std::vector<std::string> paths;
+  IngestProgress progress;
+  for (const std::string& s : options.sources) {
+    char* real = ::realpath(s.c_str(), nullptr);
+    if (real == nullptr) return NotFoundError(fmt::format("source '{}' does not exist", s));
+    paths.emplace_back(real);
+    std::free(real);
+    progress.bytes_total += FileSize(paths.back());
+  }
+
+  IngestReport report;
+  int64_t batches_committed = 0;
+  for (const std::string& path : paths) {
+    ASSIGN_OR_RETURN(SourceState state, store.Source(format, path));
+    progress.current_source = path;
+    if (state.complete) {
+      ++report.skipped_sources;
+      progress.bytes_done += FileSize(path);
+      VLOG_INFO("{}: already ingested ({} samples), skipping", path, state.ingested);
+      continue;
+    }
+    std::unique_ptr<RecordReader> reader;
+    if (options.format == SourceFormat::kJsonl) {
+      ASSIGN_OR_RETURN(reader, OpenJsonl(path));
+    } else {
+      ASSIGN_OR_RETURN(reader, OpenImg2DatasetTar(path));
+    }
+    // Skip what earlier runs committed.
+    RawRecord raw;
+    for (uint64_t i = 0; i < state.next_ordinal; ++i) {
+      ASSIGN_OR_RETURN(bool more, reader->Next(&raw));
+      if (!more) return CorruptionError(fmt::format("'{}' has fewer records ({}) than an earlier ingest stored ({}): "
+                                                    "did the file change?", path, i, state.next_ordinal));
+    }
+    const uint64_t start_bytes = progress.bytes_done;
+    bool end = false;
+    while (!end) {
+      std::vector<RawRecord> raws;
+      while (static_cast<int>(raws.size()) < options.batch_size) {
+        RawRecord r;
+        ASSIGN_OR_RETURN(bool more, reader->Next(&r));
+        if (!more) {
+          end = true;
+          break;
+        }
+        raws.push_back(std::move(r));
+      }
+      // Validate in parallel: thread t takes records t, t + threads, ...
+      std::vector<Sample> samples(raws.size());
+      std::vector<std::pair<std::string, std::string>> verdicts(raws.size());
+      std::vector<std::future<void>> workers;
+      for (int t = 0; t < threads; ++t) {
+        workers.push_back(std::async(std::launch::async, [&, t] {
+          for (size_t i = t; i < raws.size(); i += threads) verdicts[i] = Validate(raws[i], &samples[i]);
+        }));
+      }
+      for (auto& w : workers) w.get();
+
+      ShardStore::Batch batch;
+      std::set<std::string> batch_ids;
+      for (size_t i = 0; i < raws.size(); ++i) {
+        auto& [reason, detail] = verdicts[i];
+        if (reason.empty()) {
+          ASSIGN_OR_RETURN(auto existing, store.FindId(format, raws[i].id));
+          if (existing || batch_ids.count(raws[i].id)) {
+            reason = "duplicate_id";
+            detail = existing ? fmt::format("id '{}' is already stored as sample {}", raws[i].id, *existing)
+                              : fmt::format("id '{}' appears twice in this batch", raws[i].id);
+          }
+        }
+        if (!reason.empty()) {
+          batch.quarantine.push_back({path, raws[i].ordinal, raws[i].id, reason, detail, raws[i].byte_offset});
+          ++state.quarantined[reason];
+          ++report.reasons[reason];
+          ++report.quarantined;
+          continue;
+        }
+        Sample& s = samples[i];
+        s.record.source_format = format;
+        s.record.source_file = path;
+        s.record.source_ordinal = raws[i].ordinal;
+        batch_ids.insert(raws[i].id);
+        state.image_bytes += s.image.size();
+        report.image_bytes += s.image.size();
+        ++state.ingested;
+        ++report.ingested;
+        batch.samples.push_back(std::move(s));
+      }
+      report.records += raws.size();
+      state.next_ordinal += raws.size();
+      state.complete = end;
+      if (end) state.reported = reader->Reported();
+      batch.source = state;
+      RETURN_IF_ERROR(store.Commit(batch));
+      ++batches_committed;
+      MaybeKill({{"ingest-batch", batches_committed}});
+      progress.bytes_done = start_bytes + reader->bytes_read();
+      progress.records = report.records;
+      progress.ingested = report.ingested;
+      progress.quarantined = report.quarantined;
+      progress.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (options.on_progress) options.on_progress(progress);
+    }
+    progress.bytes_done = start_bytes + FileSize(path);
+  }
+  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return report;
+}
+
+}  // namespace vlorch::sharding

@@ -1,0 +1,65 @@
+// Ingest: source files -> ShardStore, resumable and idempotent.
+//
+// For each source, in the order given:
+//  1. Its state in the store says how far an earlier run got (next record number); a
+//     complete source is skipped, so ingesting the same source twice adds nothing.
+//  2. Records before that point are skipped without validation.
+//  3. Records are read in batches; each batch is validated on `threads` threads (JPEG
+//     decode of every image, UTF-8, empty captions, conversation shape), then checked for
+//     duplicate ids, then committed in one atomic write with the source's new state.
+// Killing the process at any point and running the same command again therefore finishes
+// with the same store as an uninterrupted run: same samples, same order, same quarantine.
+//
+// Bad records are quarantined with a reason (docs/shard-store.md) and counted; none stops
+// the ingest. A source that cannot be read at all fails the ingest with its path.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "sharding/shard_store.h"
+
+namespace vlorch::sharding {
+
+enum class SourceFormat { kLlava, kImg2Dataset, kJsonl };
+const char* SourceFormatName(SourceFormat f);
+StatusOr<SourceFormat> ParseSourceFormat(const std::string& name);
+
+struct IngestProgress {
+  uint64_t bytes_done = 0, bytes_total = 0;
+  uint64_t records = 0, ingested = 0, quarantined = 0;
+  double seconds = 0;
+  std::string current_source;
+};
+
+struct IngestOptions {
+  SourceFormat format = SourceFormat::kImg2Dataset;
+  // Source files (tars, .jsonl files).
+  std::vector<std::string> sources;
+  // Records per committed batch. Default 256.
+  int batch_size = 256;
+  // Validation threads. 0 (default) means one per core.
+  int threads = 0;
+  // Called after every batch (e.g. to draw a progress bar). Default: none.
+  std::function<void(const IngestProgress&)> on_progress;
+
+  Status Validate() const;
+};
+
+struct IngestReport {
+  uint64_t records = 0;          // records read this run
+  uint64_t ingested = 0;         // stored this run
+  uint64_t quarantined = 0;      // quarantined this run
+  uint64_t skipped_sources = 0;  // sources already complete
+  std::map<std::string, uint64_t> reasons;  // quarantine reason -> count, this run
+  uint64_t image_bytes = 0;
+  double seconds = 0;
+};
+
+StatusOr<IngestReport> Ingest(ShardStore& store, const IngestOptions& options);
+
+}  // namespace vlorch::sharding
