@@ -25,8 +25,13 @@ std::string Caption(std::mt19937_64& rng) {
   return s;
 }
 
+// mkdir -p
 Status MakeDir(const std::string& dir) {
-  if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) return ErrnoError("cannot create directory", dir, errno);
+  for (size_t pos = 1; pos <= dir.size(); ++pos) {
+    if (pos != dir.size() && dir[pos] != '/') continue;
+    std::string prefix = dir.substr(0, pos);
+    if (::mkdir(prefix.c_str(), 0755) != 0 && errno != EEXIST) return ErrnoError("cannot create directory", prefix, errno);
+  }
   return Status::OK();
 }
 

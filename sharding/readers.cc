@@ -44,7 +44,9 @@ class JsonlReader : public RecordReader {
         j.erase("text");
         if (!j.empty()) out->metadata_json = j.dump();
       } catch (const nlohmann::json::exception& e) {
-        out->reject_reason = e.id == 316 ? "non_utf8_text" : "malformed_json";
+        // nlohmann reports invalid UTF-8 inside a string as a parse error mentioning UTF-8.
+        const bool utf8 = e.id == 316 || std::string(e.what()).find("UTF-8") != std::string::npos;
+        out->reject_reason = utf8 ? "non_utf8_text" : "malformed_json";
         out->reject_detail = fmt::format("line {}, byte offset {}: {}", line_no_, offset, e.what());
       }
       return true;
@@ -69,8 +71,13 @@ class TarReader : public RecordReader {
   Status Open() {
     a_ = archive_read_new();
     archive_read_support_format_tar(a_);
-    if (archive_read_open_filename(a_, path_.c_str(), 1 << 20) != ARCHIVE_OK)
-      return IOError(fmt::format("cannot open '{}': {}", path_, archive_error_string(a_)));
+    if (archive_read_open_filename(a_, path_.c_str(), 1 << 20) != ARCHIVE_OK) {
+      std::string why = archive_error_string(a_) ? archive_error_string(a_) : "unknown error";
+      if (why.find("format") != std::string::npos)
+        return InvalidArgumentError(fmt::format("'{}' is not a tar archive ({}); img2dataset writes NNNNN.tar "
+                                                "webdataset shards", path_, why));
+      return IOError(fmt::format("cannot open '{}': {}", path_, why));
+    }
     LoadStats();
     return Status::OK();
   }
@@ -177,7 +184,8 @@ class TarReader : public RecordReader {
     if (!r->reject_reason.empty()) return;
     if (!r->metadata_json.empty()) {
       try {
-        (void)nlohmann::json::parse(r->metadata_json);
+        nlohmann::json parsed = nlohmann::json::parse(r->metadata_json);
+        (void)parsed;
       } catch (const nlohmann::json::exception& e) {
         r->reject_reason = "malformed_json";
         r->reject_detail = fmt::format("member '{}.json': {}", r->id, e.what());
