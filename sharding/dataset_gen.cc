@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <turbojpeg.h>
 #include <unistd.h>
+#include <zip.h>
 
 #include <fstream>
 #include <random>
@@ -176,6 +177,82 @@ StatusOr<GeneratedDataset> MakeImg2Dataset(const Img2DatasetGenOptions& o) {
     g.reported["failed_to_resize"] += 0;
     g.files.push_back(tar);
   }
+  return g;
+}
+
+StatusOr<GeneratedDataset> MakeLlava(const LlavaGenOptions& o) {
+  if (o.records < (o.bad_cases ? 12 : 1)) return InvalidArgumentError("make-dataset: need records >= 12 with bad cases");
+  RETURN_IF_ERROR(MakeDir(o.dir));
+  if (!o.zip) RETURN_IF_ERROR(MakeDir(o.dir + "/images"));
+  zip_t* z = nullptr;
+  if (o.zip) {
+    int err = 0;
+    z = zip_open((o.dir + "/images.zip").c_str(), ZIP_CREATE | ZIP_TRUNCATE, &err);
+    if (z == nullptr) return IOError("cannot create " + o.dir + "/images.zip");
+  }
+  std::mt19937_64 rng(o.seed);
+  GeneratedDataset g;
+  std::ofstream chat(o.dir + "/chat.json", std::ios::binary);
+  nlohmann::json meta = nlohmann::json::array();
+  chat << "[\n";
+  std::vector<std::string> zip_buffers;  // libzip reads them at zip_close
+  zip_buffers.reserve(o.records);
+  const char* prompts[] = {"Provide a brief description of the given image.", "Describe the image concisely.",
+                           "Write a terse but informative summary of the picture."};
+  for (int i = 0; i < o.records; ++i) {
+    std::string id = fmt::format("GCC_train_{:09d}", 1000 + i);
+    std::string image = id + ".jpg";
+    int w = o.min_px + static_cast<int>(rng() % (o.max_px - o.min_px + 1));
+    int h = o.min_px + static_cast<int>(rng() % (o.max_px - o.min_px + 1));
+    std::string jpg = EncodeTestJpeg(w, h, rng());
+    std::string caption = Caption(rng);
+    // The <image> tag comes before or after the instruction, as in CC595K.
+    std::string prompt = prompts[rng() % 3];
+    std::string human = (i % 2) ? "<image>\n" + prompt : prompt + "\n<image>";
+    nlohmann::json conv = nlohmann::json::array({{{"from", "human"}, {"value", human}}, {{"from", "gpt"}, {"value", caption}}});
+    bool write_image = true;
+    std::string reason, raw;
+    if (o.bad_cases) {
+      switch (i) {
+        case 1: jpg = "GIF89a not a jpeg"; reason = "undecodable_image"; break;
+        case 2: jpg = jpg.substr(0, jpg.size() / 2); reason = "undecodable_image"; break;
+        case 3: jpg.clear(); reason = "zero_byte_image"; break;
+        case 4: write_image = false; reason = "missing_image"; break;
+        case 5: conv[1]["value"] = " "; reason = "empty_caption"; break;
+        case 6: conv.erase(1); reason = "missing_gpt_turn"; break;
+        case 7: conv[0]["value"] = prompt; reason = "missing_image_tag"; break;
+        case 8: id = fmt::format("GCC_train_{:09d}", 1000); reason = "duplicate_id"; break;
+        case 9: raw = fmt::format("{{\"id\": \"{}\", \"image\": , \"conversations\": []}}", id); reason = "malformed_json"; break;
+        case 10:
+          raw = nlohmann::json({{"id", id}, {"image", image}, {"conversations", conv}}).dump();
+          raw.replace(raw.find(caption), caption.size(), "caf\xe9");
+          reason = "non_utf8_text";
+          break;
+        default: break;
+      }
+    }
+    if (raw.empty()) raw = nlohmann::json({{"id", id}, {"image", image}, {"conversations", conv}}).dump();
+    chat << (i ? ",\n" : "") << raw;
+    meta.push_back({{"id", id}, {"image", image}, {"caption", caption}, {"blip_caption", Caption(rng)},
+                    {"url", "http://example.com/" + image}});
+    if (write_image) {
+      if (z != nullptr) {
+        zip_buffers.push_back(jpg);
+        zip_source_t* src = zip_source_buffer(z, zip_buffers.back().data(), zip_buffers.back().size(), 0);
+        zip_file_add(z, image.c_str(), src, ZIP_FL_OVERWRITE);
+      } else {
+        std::ofstream(o.dir + "/images/" + image, std::ios::binary) << jpg;
+      }
+    }
+    ++g.records;
+    if (reason.empty()) ++g.good;
+    else ++g.bad[reason];
+  }
+  chat << "\n]\n";
+  chat.close();
+  std::ofstream(o.dir + "/metadata.json") << meta.dump();
+  if (z != nullptr && zip_close(z) != 0) return IOError("cannot write " + o.dir + "/images.zip");
+  g.files.push_back(o.dir);
   return g;
 }
 

@@ -40,6 +40,17 @@ struct JsonlGenOptions {
 };
 StatusOr<GeneratedDataset> MakeJsonl(const JsonlGenOptions& options);
 
+struct LlavaGenOptions {
+  std::string dir;            // created if missing; gets chat.json, metadata.json, images
+  int records = 100;          // elements of chat.json, including bad ones
+  bool zip = false;           // images.zip instead of an images/ folder
+  uint64_t seed = 1;
+  bool bad_cases = true;
+  int min_px = 64, max_px = 320;
+};
+// As LLaVA-CC3M-Pretrain-595K ships: chat.json (one array), metadata.json, images/ or images.zip.
+StatusOr<GeneratedDataset> MakeLlava(const LlavaGenOptions& options);
+
 // A JPEG of w x h with a seeded pattern, quality 85.
 std::string EncodeTestJpeg(int width, int height, uint64_t seed);
 

@@ -29,6 +29,18 @@ std::pair<std::string, std::string> Validate(const RawRecord& raw, Sample* s) {
   for (const Turn& t : raw.conversation) {
     if (!IsValidUtf8(t.value)) return {"non_utf8_text", "a conversation turn is not valid UTF-8"};
   }
+  if (raw.kind == SampleKind::kConversation) {
+    const Turn* human = nullptr;
+    const Turn* gpt = nullptr;
+    for (const Turn& t : raw.conversation) {
+      if (t.from == "human" && human == nullptr) human = &t;
+      if (t.from == "gpt" && gpt == nullptr) gpt = &t;
+    }
+    if (gpt == nullptr) return {"missing_gpt_turn", "the conversation has no \"gpt\" turn"};
+    if (human == nullptr || human->value.find("<image>") == std::string::npos)
+      return {"missing_image_tag", "the human turn has no <image> tag"};
+    if (Blank(gpt->value)) return {"empty_caption", "the gpt turn is empty or whitespace"};
+  }
   if (raw.kind != SampleKind::kConversation && Blank(raw.text))
     return {raw.kind == SampleKind::kText ? "empty_text" : "empty_caption", "the text is empty or whitespace"};
   if (raw.wants_image) {
@@ -73,8 +85,6 @@ Status IngestOptions::Validate() const {
   if (sources.empty()) return InvalidArgumentError("no sources given");
   if (batch_size < 1) return InvalidArgumentError("batch size must be >= 1");
   if (threads < 0) return InvalidArgumentError("threads must be >= 0");
-  if (format == SourceFormat::kLlava)
-    return FailedPreconditionError("the llava (CC595K) ingester is not built yet; use img2dataset or jsonl");
   return Status::OK();
 }
 
@@ -109,6 +119,8 @@ StatusOr<IngestReport> Ingest(ShardStore& store, const IngestOptions& options) {
     std::unique_ptr<RecordReader> reader;
     if (options.format == SourceFormat::kJsonl) {
       ASSIGN_OR_RETURN(reader, OpenJsonl(path));
+    } else if (options.format == SourceFormat::kLlava) {
+      ASSIGN_OR_RETURN(reader, OpenLlava(path));
     } else {
       ASSIGN_OR_RETURN(reader, OpenImg2DatasetTar(path));
     }

@@ -2,6 +2,10 @@
 
 #include <archive.h>
 #include <archive_entry.h>
+#include <sys/stat.h>
+#include <zip.h>
+
+#include <unordered_map>
 
 #include <fstream>
 
@@ -238,7 +242,213 @@ class Img2DatasetReader : public RecordReader {
   std::unique_ptr<TarReader> tar_;
 };
 
+bool IsDir(const std::string& p) {
+  struct stat st;
+  return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+bool IsFile(const std::string& p) {
+  struct stat st;
+  return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+class LlavaReader : public RecordReader {
+ public:
+  ~LlavaReader() override {
+    if (zip_ != nullptr) zip_discard(zip_);
+  }
+
+  Status Open(const std::string& path) {
+    std::string chat = path;
+    if (IsDir(path)) chat = path + "/chat.json";
+    if (!IsFile(chat)) return NotFoundError(fmt::format("no chat.json at '{}' (give the CC595K directory or its chat.json)", chat));
+    dir_ = chat.substr(0, chat.find_last_of('/') == std::string::npos ? 0 : chat.find_last_of('/'));
+    if (dir_.empty()) dir_ = ".";
+    RETURN_IF_ERROR(chat_.Open(chat));
+    if (IsDir(dir_ + "/images")) {
+      images_dir_ = dir_ + "/images";
+    } else if (IsFile(dir_ + "/images.zip")) {
+      int err = 0;
+      zip_ = zip_open((dir_ + "/images.zip").c_str(), ZIP_RDONLY, &err);
+      if (zip_ == nullptr) {
+        zip_error_t ze;
+        zip_error_init_with_code(&ze, err);
+        std::string why = zip_error_strerror(&ze);
+        zip_error_fini(&ze);
+        return InvalidArgumentError(fmt::format("cannot read '{}/images.zip': {}", dir_, why));
+      }
+    } else {
+      return NotFoundError(fmt::format("no images/ folder or images.zip next to '{}'", chat));
+    }
+    if (IsFile(dir_ + "/metadata.json")) RETURN_IF_ERROR(LoadMetadata(dir_ + "/metadata.json"));
+    return Status::OK();
+  }
+
+  StatusOr<bool> Next(RawRecord* out) override {
+    std::string text;
+    int64_t offset = 0;
+    bool truncated = false;
+    ASSIGN_OR_RETURN(bool more, chat_.Next(&text, &offset, &truncated));
+    if (!more) return false;
+    *out = RawRecord();
+    out->ordinal = ordinal_++;
+    out->byte_offset = offset;
+    out->kind = SampleKind::kConversation;
+    out->wants_image = true;
+    auto reject = [&](const char* reason, const std::string& detail) {
+      out->reject_reason = reason;
+      out->reject_detail = fmt::format("chat.json element {} at byte {}: {}", out->ordinal, offset, detail);
+      return true;
+    };
+    if (truncated) return reject("malformed_json", "the file ends inside this element");
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(text);
+    } catch (const nlohmann::json::exception& e) {
+      bool utf8 = std::string(e.what()).find("UTF-8") != std::string::npos;
+      return reject(utf8 ? "non_utf8_text" : "malformed_json", e.what());
+    }
+    if (!j.is_object() || !j.contains("id") || !j["id"].is_string())
+      return reject("malformed_json", "expected an object with a string \"id\"");
+    out->id = j["id"].get<std::string>();
+    if (!j.contains("image") || !j["image"].is_string())
+      return reject("malformed_json", "expected a string \"image\"");
+    if (!j.contains("conversations") || !j["conversations"].is_array())
+      return reject("malformed_json", "expected an array \"conversations\"");
+    for (const auto& t : j["conversations"]) {
+      if (!t.is_object() || !t.contains("from") || !t.contains("value") || !t["from"].is_string() ||
+          !t["value"].is_string())
+        return reject("malformed_json", "a conversation turn lacks string \"from\" / \"value\"");
+      out->conversation.push_back({t["from"].get<std::string>(), t["value"].get<std::string>()});
+    }
+    auto meta = metadata_.find(out->id);
+    if (meta != metadata_.end()) out->metadata_json = meta->second;
+    const std::string image = j["image"].get<std::string>();
+    if (!images_dir_.empty()) {
+      std::ifstream f(images_dir_ + "/" + image, std::ios::binary);
+      if (f) {
+        out->image.assign(std::istreambuf_iterator<char>(f), {});
+        out->image_found = true;
+      }
+    } else {
+      zip_int64_t idx = zip_name_locate(zip_, image.c_str(), 0);
+      if (idx < 0) idx = zip_name_locate(zip_, ("images/" + image).c_str(), 0);
+      if (idx >= 0) {
+        zip_stat_t st;
+        zip_stat_index(zip_, idx, 0, &st);
+        zip_file_t* zf = zip_fopen_index(zip_, idx, 0);
+        if (zf == nullptr) return reject("undecodable_image", fmt::format("cannot open '{}' in images.zip", image));
+        out->image.resize(st.size);
+        zip_int64_t n = st.size ? zip_fread(zf, out->image.data(), st.size) : 0;
+        zip_fclose(zf);
+        if (n != static_cast<zip_int64_t>(st.size))
+          return reject("undecodable_image", fmt::format("'{}' in images.zip is damaged", image));
+        out->image_found = true;
+      }
+    }
+    return true;
+  }
+
+  uint64_t bytes_read() const override { return chat_.bytes_read(); }
+
+ private:
+  Status LoadMetadata(const std::string& path) {
+    JsonArraySplitter s;
+    RETURN_IF_ERROR(s.Open(path));
+    std::string text;
+    int64_t offset;
+    bool truncated;
+    while (true) {
+      ASSIGN_OR_RETURN(bool more, s.Next(&text, &offset, &truncated));
+      if (!more || truncated) break;
+      try {
+        auto j = nlohmann::json::parse(text);
+        if (j.is_object() && j.contains("id") && j["id"].is_string()) metadata_[j["id"].get<std::string>()] = j.dump();
+      } catch (const nlohmann::json::exception&) {
+        // A damaged metadata entry only loses that sample's extra fields.
+      }
+    }
+    return Status::OK();
+  }
+
+  JsonArraySplitter chat_;
+  std::string dir_, images_dir_;
+  zip_t* zip_ = nullptr;
+  std::unordered_map<std::string, std::string> metadata_;
+  uint64_t ordinal_ = 0;
+};
+
 }  // namespace
+
+Status JsonArraySplitter::Open(const std::string& path) {
+  path_ = path;
+  in_.open(path, std::ios::binary);
+  if (!in_) return NotFoundError(fmt::format("cannot open '{}'", path));
+  buf_.resize(1 << 20);
+  int c;
+  while ((c = Get()) != -1 && std::isspace(c)) {
+  }
+  if (c != '[') return InvalidArgumentError(fmt::format("'{}' is not a JSON array (it does not start with '[')", path));
+  return Status::OK();
+}
+
+int JsonArraySplitter::Get() {
+  if (buf_pos_ == buf_len_) {
+    in_.read(buf_.data(), static_cast<std::streamsize>(buf_.size()));
+    buf_len_ = static_cast<size_t>(in_.gcount());
+    buf_pos_ = 0;
+    if (buf_len_ == 0) return -1;
+  }
+  ++pos_;
+  return static_cast<unsigned char>(buf_[buf_pos_++]);
+}
+
+StatusOr<bool> JsonArraySplitter::Next(std::string* element, int64_t* offset, bool* truncated) {
+  element->clear();
+  *truncated = false;
+  if (done_) return false;
+  int c;
+  while ((c = Get()) != -1 && (std::isspace(c) || c == ',')) {
+  }
+  if (c == -1) {
+    done_ = true;
+    return false;  // missing ']': everything before it was complete
+  }
+  if (c == ']') {
+    done_ = true;
+    return false;
+  }
+  *offset = static_cast<int64_t>(pos_) - 1;
+  int depth = 0;
+  bool in_string = false, escape = false;
+  while (c != -1) {
+    if (!in_string && depth == 0 && (c == ',' || c == ']')) {
+      if (c == ']') done_ = true;
+      return true;  // a scalar element
+    }
+    element->push_back(static_cast<char>(c));
+    if (in_string) {
+      if (escape) escape = false;
+      else if (c == '\\') escape = true;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '{' || c == '[') {
+      ++depth;
+    } else if (c == '}' || c == ']') {
+      if (--depth == 0) return true;
+    }
+    c = Get();
+  }
+  *truncated = true;
+  done_ = true;
+  return true;
+}
+
+StatusOr<std::unique_ptr<RecordReader>> OpenLlava(const std::string& path) {
+  auto r = std::make_unique<LlavaReader>();
+  RETURN_IF_ERROR(r->Open(path));
+  return std::unique_ptr<RecordReader>(std::move(r));
+}
 
 StatusOr<std::unique_ptr<RecordReader>> OpenJsonl(const std::string& path) {
   auto r = std::make_unique<JsonlReader>(path);

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <string>
@@ -45,5 +46,30 @@ class RecordReader {
 StatusOr<std::unique_ptr<RecordReader>> OpenJsonl(const std::string& path);
 // img2dataset webdataset shard NNNNN.tar with {key}.jpg/.txt/.json, and NNNNN_stats.json.
 StatusOr<std::unique_ptr<RecordReader>> OpenImg2DatasetTar(const std::string& path);
+// LLaVA CC595K: `path` is the dataset directory or its chat.json. chat.json is read as a
+// stream, one array element at a time; metadata.json beside it (optional) is joined by id;
+// images come from an images/ folder or, without unpacking, from images.zip.
+StatusOr<std::unique_ptr<RecordReader>> OpenLlava(const std::string& path);
+
+// Pull-style splitter of a JSON array into its elements' raw text, without parsing them:
+// memory is bounded by the largest element, and each element's byte offset is known.
+class JsonArraySplitter {
+ public:
+  // InvalidArgument when the file does not start with '['.
+  Status Open(const std::string& path);
+  // false after the closing ']'. A file that ends inside an element yields that element's
+  // partial text with *truncated = true, then false.
+  StatusOr<bool> Next(std::string* element, int64_t* offset, bool* truncated);
+  uint64_t bytes_read() const { return pos_; }
+
+ private:
+  int Get();  // next byte or -1
+  std::string path_;
+  std::ifstream in_;
+  std::vector<char> buf_;
+  size_t buf_pos_ = 0, buf_len_ = 0;
+  uint64_t pos_ = 0;
+  bool done_ = false;
+};
 
 }  // namespace vlorch::sharding

@@ -293,11 +293,11 @@ void AddShardsCommands(CLI::App& app, int* rc) {
   };
   auto ma = std::make_shared<MakeArgs>();
   auto* make = dev->add_subcommand("make-dataset", "write a synthetic dataset with real JPEGs and every bad case");
-  make->add_option("--format", ma->format, "img2dataset or jsonl")->capture_default_str();
+  make->add_option("--format", ma->format, "img2dataset, llava (images/ folder), llava-zip (images.zip) or jsonl")->capture_default_str();
   make->add_option("--out", ma->out, "output directory (img2dataset) or file (jsonl)")->required();
   make->add_option("--shards", ma->shards, "tars (img2dataset)")->capture_default_str();
   make->add_option("--per-shard", ma->per_shard, "records per tar")->capture_default_str();
-  make->add_option("--lines", ma->lines, "records (jsonl)")->capture_default_str();
+  make->add_option("--lines", ma->lines, "records (jsonl, llava)")->capture_default_str();
   make->add_option("--seed", ma->seed, "random seed")->capture_default_str();
   make->add_flag("--no-bad", ma->no_bad, "only good records");
   make->callback([ma, rc] {
@@ -310,6 +310,14 @@ void AddShardsCommands(CLI::App& app, int* rc) {
       o.seed = ma->seed;
       o.bad_cases = !ma->no_bad;
       g = sharding::MakeImg2Dataset(o);
+    } else if (ma->format == "llava" || ma->format == "llava-zip") {
+      sharding::LlavaGenOptions o;
+      o.dir = ma->out;
+      o.records = ma->lines;
+      o.zip = ma->format == "llava-zip";
+      o.seed = ma->seed;
+      o.bad_cases = !ma->no_bad;
+      g = sharding::MakeLlava(o);
     } else if (ma->format == "jsonl") {
       sharding::JsonlGenOptions o;
       o.path = ma->out;

@@ -15,6 +15,7 @@
 
 #include "common/hash.h"
 #include "sharding/dataset_gen.h"
+#include "sharding/readers.h"
 
 namespace vlorch::sharding {
 namespace {
@@ -155,6 +156,75 @@ TEST(IngestTest, JsonlCountsMatchExactly) {
     return true;
   }).ok());
   EXPECT_TRUE(saw);
+}
+
+class LlavaIngestTest : public ::testing::TestWithParam<bool> {};
+
+// CC595K from an images/ folder and straight from images.zip: exact counts for every bad
+// case, conversations intact, metadata.json joined.
+TEST_P(LlavaIngestTest, CountsMatchExactly) {
+  const bool zip = GetParam();
+  std::string root = Fresh(zip ? "llava_zip" : "llava_dir");
+  LlavaGenOptions lo;
+  lo.dir = root + "/cc595k";
+  lo.records = 80;
+  lo.zip = zip;
+  lo.min_px = 32;
+  lo.max_px = 96;
+  auto g = MakeLlava(lo);
+  ASSERT_TRUE(g.ok()) << g.status().ToString();
+  for (const char* reason : {"undecodable_image", "zero_byte_image", "missing_image", "empty_caption",
+                             "missing_gpt_turn", "missing_image_tag", "duplicate_id", "malformed_json",
+                             "non_utf8_text"})
+    EXPECT_GT(g->bad.count(reason), 0u) << reason;
+  auto store = OpenStore(root + "/store");
+  IngestOptions io;
+  io.format = SourceFormat::kLlava;
+  io.sources = g->files;
+  io.batch_size = 13;
+  auto r = Ingest(*store, io);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->records, g->records);
+  EXPECT_EQ(store->num_samples(), g->good);
+  EXPECT_EQ(QuarantineCounts(*store), g->bad);
+  auto s = store->Get(0, true);
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(s->record.kind, SampleKind::kConversation);
+  EXPECT_EQ(s->record.id, "GCC_train_000001000");
+  ASSERT_EQ(s->record.conversation.size(), 2u);
+  EXPECT_EQ(s->record.conversation[0].from, "human");
+  EXPECT_NE(s->record.conversation[0].value.find("<image>"), std::string::npos);
+  EXPECT_EQ(s->record.conversation[1].from, "gpt");
+  EXPECT_NE(s->record.metadata_json.find("blip_caption"), std::string::npos) << "metadata.json joined";
+  EXPECT_EQ(s->image.substr(0, 2), "\xff\xd8");
+  // Malformed elements are reported with their byte offset in chat.json.
+  ASSERT_TRUE(store->ForEachQuarantined([&](const QuarantineEntry& q) {
+    if (q.reason == "malformed_json") {
+      EXPECT_GT(q.byte_offset, 0);
+      EXPECT_NE(q.detail.find("chat.json element 9 at byte"), std::string::npos) << q.detail;
+    }
+    return true;
+  }).ok());
+}
+
+INSTANTIATE_TEST_SUITE_P(FolderAndZip, LlavaIngestTest, ::testing::Values(false, true),
+                         [](const auto& info) { return info.param ? "ImagesZip" : "ImagesFolder"; });
+
+TEST(JsonArraySplitterTest, SplitsWithoutParsing) {
+  std::string path = ::testing::TempDir() + "/split_" + std::to_string(getpid()) + ".json";
+  std::ofstream(path) << R"( [ {"a": "x,}]\"y"}, [1, [2]], 3 , "s,]", {"b": {)";
+  JsonArraySplitter s;
+  ASSERT_TRUE(s.Open(path).ok());
+  std::vector<std::string> got;
+  std::string e;
+  int64_t off;
+  bool trunc;
+  while (*s.Next(&e, &off, &trunc)) got.push_back(e + (trunc ? " <truncated>" : ""));
+  EXPECT_EQ(got, (std::vector<std::string>{R"({"a": "x,}]\"y"})", "[1, [2]]", "3 ", R"("s,]")",
+                                           R"({"b": { <truncated>)"}));
+  std::ofstream(path) << R"({"not": "an array"})";
+  JsonArraySplitter bad;
+  EXPECT_EQ(bad.Open(path).code(), StatusCode::kInvalidArgument);
 }
 
 TEST(IngestTest, SecondIngestOfTheSameSourcesAddsNothing) {
