@@ -132,18 +132,58 @@ StatusOr<IngestReport> Ingest(ShardStore& store, const IngestOptions& options) {
                                                     "did the file change?", path, i, state.next_ordinal));
     }
     const uint64_t start_bytes = progress.bytes_done;
-    bool end = false;
-    while (!end) {
+    // The next batch is read on its own thread while this one is validated and committed.
+    struct Read {
+      Status status;
       std::vector<RawRecord> raws;
-      while (static_cast<int>(raws.size()) < options.batch_size) {
-        RawRecord r;
-        ASSIGN_OR_RETURN(bool more, reader->Next(&r));
-        if (!more) {
-          end = true;
+      bool end = false;
+      uint64_t bytes = 0;  // reader position after this batch (read on the reader's thread)
+    };
+    auto read_batch = [&reader, &options]() {
+      Read r;
+      while (static_cast<int>(r.raws.size()) < options.batch_size) {
+        RawRecord rec;
+        auto more = reader->Next(&rec);
+        if (!more.ok()) {
+          r.status = more.status();
+          return r;
+        }
+        if (!*more) {
+          r.end = true;
           break;
         }
-        raws.push_back(std::move(r));
+        r.raws.push_back(std::move(rec));
       }
+      r.bytes = reader->bytes_read();
+      return r;
+    };
+    // Three stages overlap: reading batch N+1, validating batch N, committing batch N-1.
+    // Batch N's duplicate check waits for batch N-1's commit, so it sees every earlier id.
+    std::future<Read> pending = std::async(std::launch::async, read_batch);
+    std::future<Status> committing;
+    uint64_t committed_bytes = 0;
+    auto finish_commit = [&]() -> Status {
+      if (!committing.valid()) return Status::OK();
+      RETURN_IF_ERROR(committing.get());
+      ++batches_committed;
+      MaybeKill({{"ingest-batch", batches_committed}});
+      progress.bytes_done = start_bytes + committed_bytes;
+      progress.records = report.records;
+      progress.ingested = report.ingested;
+      progress.quarantined = report.quarantined;
+      progress.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (options.on_progress) options.on_progress(progress);
+      return Status::OK();
+    };
+    bool end = false;
+    while (!end) {
+      Read got = pending.get();
+      RETURN_IF_ERROR(got.status);
+      end = got.end;
+      const uint64_t bytes_after = end ? FileSize(path) : got.bytes;
+      std::vector<RawRecord> raws = std::move(got.raws);
+      if (!end) pending = std::async(std::launch::async, read_batch);
+
       // Validate in parallel: thread t takes records t, t + threads, ...
       std::vector<Sample> samples(raws.size());
       std::vector<std::pair<std::string, std::string>> verdicts(raws.size());
@@ -154,8 +194,9 @@ StatusOr<IngestReport> Ingest(ShardStore& store, const IngestOptions& options) {
         }));
       }
       for (auto& w : workers) w.get();
+      RETURN_IF_ERROR(finish_commit());
 
-      ShardStore::Batch batch;
+      auto batch = std::make_shared<ShardStore::Batch>();
       std::set<std::string> batch_ids;
       for (size_t i = 0; i < raws.size(); ++i) {
         auto& [reason, detail] = verdicts[i];
@@ -168,7 +209,7 @@ StatusOr<IngestReport> Ingest(ShardStore& store, const IngestOptions& options) {
           }
         }
         if (!reason.empty()) {
-          batch.quarantine.push_back({path, raws[i].ordinal, raws[i].id, reason, detail, raws[i].byte_offset});
+          batch->quarantine.push_back({path, raws[i].ordinal, raws[i].id, reason, detail, raws[i].byte_offset});
           ++state.quarantined[reason];
           ++report.reasons[reason];
           ++report.quarantined;
@@ -183,25 +224,21 @@ StatusOr<IngestReport> Ingest(ShardStore& store, const IngestOptions& options) {
         report.image_bytes += s.image.size();
         ++state.ingested;
         ++report.ingested;
-        batch.samples.push_back(std::move(s));
+        batch->samples.push_back(std::move(s));
       }
       report.records += raws.size();
       state.next_ordinal += raws.size();
       state.complete = end;
       if (end) state.reported = reader->Reported();
-      batch.source = state;
-      RETURN_IF_ERROR(store.Commit(batch));
-      ++batches_committed;
-      MaybeKill({{"ingest-batch", batches_committed}});
-      progress.bytes_done = start_bytes + reader->bytes_read();
-      progress.records = report.records;
-      progress.ingested = report.ingested;
-      progress.quarantined = report.quarantined;
-      progress.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      if (options.on_progress) options.on_progress(progress);
+      batch->source = state;
+      committed_bytes = bytes_after;
+      committing = std::async(std::launch::async, [&store, batch] { return store.Commit(*batch); });
     }
+    RETURN_IF_ERROR(finish_commit());
     progress.bytes_done = start_bytes + FileSize(path);
   }
+  // One flush at the end; before it, RocksDB's atomic flushes keep progress and data together.
+  RETURN_IF_ERROR(store.Flush());
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return report;
 }

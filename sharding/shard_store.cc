@@ -75,6 +75,7 @@ struct ShardStore::Rep {
   std::unique_ptr<rocksdb::DB> db;
   std::vector<rocksdb::ColumnFamilyHandle*> cf;
   bool sync = true;
+  bool bulk_load = false;
   ~Rep() {
     for (auto* h : cf) {
       if (h != nullptr && db) db->DestroyColumnFamilyHandle(h);
@@ -105,6 +106,9 @@ StatusOr<std::unique_ptr<ShardStore>> ShardStore::Open(const std::string& dir, c
   dbo.create_if_missing = !options.read_only && options.create_if_missing;
   dbo.create_missing_column_families = !options.read_only;
   dbo.max_background_jobs = 2;
+  // Flush all column families as one, so that progress (default CF) never becomes durable
+  // without its samples and images (bulk_load commits skip the WAL).
+  dbo.atomic_flush = true;
   dbo.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
   std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
   for (int i = 0; i < kNumCf; ++i) {
@@ -122,6 +126,7 @@ StatusOr<std::unique_ptr<ShardStore>> ShardStore::Open(const std::string& dir, c
   }
   auto rep = std::make_unique<Rep>();
   rep->sync = options.sync_commits;
+  rep->bulk_load = options.bulk_load;
   rocksdb::DB* db = nullptr;
   rocksdb::Status s = options.read_only ? rocksdb::DB::OpenForReadOnly(dbo, dir, cfs, &rep->cf, &db)
                                         : rocksdb::DB::Open(dbo, dir, cfs, &rep->cf, &db);
@@ -259,9 +264,20 @@ Status ShardStore::Commit(Batch& batch) {
   wb.Put(r.cf[kMeta], SourceKey(batch.source.path), SourceToJson(batch.source).dump());
   wb.Put(r.cf[kMeta], "next_index", IndexKey(next));
   rocksdb::WriteOptions wo;
-  wo.sync = r.sync;
+  wo.sync = r.sync && !r.bulk_load;
+  wo.disableWAL = r.bulk_load;
   RETURN_IF_ERROR(FromRocks(r.db->Write(wo, &wb), fmt::format("writing to shard store '{}'", dir_)));
   next_index_ = next;
+  return Status::OK();
+}
+
+Status ShardStore::Flush() {
+  if (read_only_) return Status::OK();
+  rocksdb::FlushOptions fo;
+  fo.wait = true;
+  std::vector<rocksdb::ColumnFamilyHandle*> all(rep_->cf.begin(), rep_->cf.end());
+  RETURN_IF_ERROR(FromRocks(rep_->db->Flush(fo, all), fmt::format("flushing shard store '{}'", dir_)));
+  if (!rep_->bulk_load) return FromRocks(rep_->db->SyncWAL(), "syncing the WAL");
   return Status::OK();
 }
 

@@ -46,8 +46,14 @@ struct ShardStoreOptions {
   // Create the store when `dir` has none (ignored when read_only). Default true.
   bool create_if_missing = true;
   // fsync the write-ahead log at every Commit. Default true: a machine crash then loses at
-  // most the batch in flight, and a re-run redoes it.
+  // most the batch in flight, and a re-run redoes it. Ignored with bulk_load.
   bool sync_commits = true;
+  // Ingest mode: commits skip the write-ahead log, so each image is written once (to its
+  // blob file) instead of twice. Durability comes from flushes instead: all column families
+  // are flushed together (RocksDB's atomic_flush), when memtables fill, at Flush() and at
+  // close, so a batch's samples and its source's progress always become durable together. A
+  // crash loses the unflushed batches as a unit, and a re-run redoes them. Default false.
+  bool bulk_load = false;
 
   Status Validate() const;
 };
@@ -111,6 +117,8 @@ class ShardStore {
   };
   // Atomically stores the batch. Sample indices continue from num_samples().
   Status Commit(Batch& batch);
+  // Makes every committed batch durable (flushes all column families together).
+  Status Flush();
 
  private:
   struct Rep;

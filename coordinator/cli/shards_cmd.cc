@@ -134,6 +134,7 @@ void AddShardsCommands(CLI::App& app, int* rc) {
     if (!format.ok()) return void(*rc = Fail(format.status()));
     ShardStoreOptions so;
     so.shard_size = ia->shard_size;
+    so.bulk_load = true;  // images written once; durability by atomic flushes (docs/shard-store.md)
     auto store = ShardStore::Open(ia->store, so);
     if (!store.ok()) return void(*rc = Fail(store.status()));
     sharding::IngestOptions io;
@@ -287,7 +288,7 @@ void AddShardsCommands(CLI::App& app, int* rc) {
   auto* dev = app.add_subcommand("dev", "developer tools");
   struct MakeArgs {
     std::string format = "img2dataset", out;
-    int shards = 2, per_shard = 100, lines = 100;
+    int shards = 2, per_shard = 100, lines = 100, min_px = 64, max_px = 320;
     uint64_t seed = 1;
     bool no_bad = false;
   };
@@ -299,6 +300,8 @@ void AddShardsCommands(CLI::App& app, int* rc) {
   make->add_option("--per-shard", ma->per_shard, "records per tar")->capture_default_str();
   make->add_option("--lines", ma->lines, "records (jsonl, llava)")->capture_default_str();
   make->add_option("--seed", ma->seed, "random seed")->capture_default_str();
+  make->add_option("--min-px", ma->min_px, "smallest image side")->capture_default_str();
+  make->add_option("--max-px", ma->max_px, "largest image side")->capture_default_str();
   make->add_flag("--no-bad", ma->no_bad, "only good records");
   make->callback([ma, rc] {
     StatusOr<sharding::GeneratedDataset> g = InvalidArgumentError("unknown --format " + ma->format);
@@ -307,6 +310,8 @@ void AddShardsCommands(CLI::App& app, int* rc) {
       o.dir = ma->out;
       o.shards = ma->shards;
       o.per_shard = ma->per_shard;
+      o.min_px = ma->min_px;
+      o.max_px = ma->max_px;
       o.seed = ma->seed;
       o.bad_cases = !ma->no_bad;
       g = sharding::MakeImg2Dataset(o);
@@ -315,6 +320,8 @@ void AddShardsCommands(CLI::App& app, int* rc) {
       o.dir = ma->out;
       o.records = ma->lines;
       o.zip = ma->format == "llava-zip";
+      o.min_px = ma->min_px;
+      o.max_px = ma->max_px;
       o.seed = ma->seed;
       o.bad_cases = !ma->no_bad;
       g = sharding::MakeLlava(o);

@@ -1,0 +1,51 @@
+# bench: shard store ingest MB/s vs disk write speed; random reads vs sequential tar reads
+# Usage: ops/bench/run shards [SHARDS=8] [PER_SHARD=500]
+# Data: img2dataset tars of real JPEGs, 256-512 px (CC595K/LAION-like sizes), no bad cases.
+# Targets: ingest >= 50% of the disk's sequential write speed; random reads >= 2x tar samples/s.
+set -euo pipefail
+ninja -C "$VLORCH_BUILD_DIR" vlorch bench_shard_read >/dev/null
+shards="${1:-8}"; per="${2:-500}"
+work="$(mktemp -d "${VLORCH_BENCH_DIR:-/tmp}/vlorch-bench-shards.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+V="$VLORCH_BUILD_DIR/coordinator/vlorch"
+
+"$V" dev make-dataset --format img2dataset --out "$work/src" --shards "$shards" --per-shard "$per" \
+  --min-px 256 --max-px 512 --no-bad >/dev/null
+src_mb=$(du -sm "$work/src" | cut -f1)
+echo "dataset: $shards tars x $per samples, ${src_mb} MB"
+
+# Disk: a sequential write of 1 GiB with fsync to the store's file system, from a buffer
+# already in memory (random bytes, so no layer can compress them).
+head -c 268435456 /dev/urandom > "$work/ddsrc"
+t0=$(date +%s.%N)
+for i in 1 2 3 4; do cat "$work/ddsrc"; done | dd of="$work/ddprobe" bs=4M iflag=fullblock conv=fsync status=none
+t1=$(date +%s.%N)
+disk_mbs=$(awk -v s="$t0" -v e="$t1" 'BEGIN{printf "%.1f", 1073.741824/(e-s)}')
+rm -f "$work/ddprobe" "$work/ddsrc"
+echo "disk sequential write (1 GiB, fsync): ${disk_mbs} MB/s"
+
+t0=$(date +%s.%N)
+"$V" shards ingest --format img2dataset --store "$work/store" "$work"/src/*.tar | tail -n +1 | head -1
+sync
+t1=$(date +%s.%N)
+img_mb=$("$V" shards stat --store "$work/store" --json | awk -F': ' '/"image_bytes"/{gsub(",","",$2); printf "%.1f", $2/1e6; exit}')
+samples=$("$V" shards stat --store "$work/store" --json | awk -F': ' '/"samples"/{gsub(",","",$2); print $2; exit}')
+ingest_mbs=$(awk -v m="$img_mb" -v s="$t0" -v e="$t1" 'BEGIN{printf "%.1f", m/(e-s)}')
+ingest_sps=$(awk -v n="$samples" -v s="$t0" -v e="$t1" 'BEGIN{printf "%.0f", n/(e-s)}')
+echo "ingest: $samples samples, ${img_mb} MB of JPEG in $(awk -v s="$t0" -v e="$t1" 'BEGIN{printf "%.2f", e-s}') s = ${ingest_mbs} MB/s, ${ingest_sps} samples/s (validation decodes every image)"
+echo "store on disk: $(du -sm "$work/store" | cut -f1) MB"
+
+reads=$(( samples * 2 ))
+# Both read phases start from a cold page cache when this machine allows dropping it (a
+# dataset larger than RAM), else warm; the line says which.
+drop() { sync; if echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; then echo cold; else echo warm; fi; }
+cache=$(drop)
+tar_out=$("$VLORCH_BUILD_DIR/ops/bench/bench_shard_read" tar "$work/store" 0 "$work"/src/*.tar)
+cache2=$(drop)
+store_out=$("$VLORCH_BUILD_DIR/ops/bench/bench_shard_read" store "$work/store" "$reads" "$work"/src/*.tar)
+echo "$tar_out" | grep -v '^summary' | sed "s/\$/ ($cache cache)/"
+echo "$store_out" | grep -v '^summary' | sed "s/\$/ ($cache2 cache)/"
+rsps=$(echo "$store_out" | awk -F'store_sps=' '/^summary/{print $2}')
+tsps=$(echo "$tar_out" | awk -F'tar_sps=' '/^summary/{print $2}')
+echo "ratio ingest_MBps_over_disk_write = $(awk -v a="$ingest_mbs" -v b="$disk_mbs" 'BEGIN{printf "%.2f", a/b}') (target 0.5)"
+echo "ratio random_read_sps_over_tar_sequential_sps = $(awk -v a="$rsps" -v b="$tsps" 'BEGIN{printf "%.2f", a/b}') (target 2)"
