@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 
 #include <fmt/format.h>
@@ -326,6 +327,37 @@ TEST(IngestTest, KillDashNineAndRerunGivesTheSameStore) {
   EXPECT_EQ(QuarantineCounts(**crashed), g.bad);
   // Source paths differ only by the store they went to; compare everything else.
   EXPECT_EQ(Digest(**crashed), Digest(**ref));
+}
+
+// `vlorch shards verify`: exit 0 on a sound store; after one byte of an image's blob file is
+// flipped, exit 1.
+TEST(IngestTest, VerifyExitCodeSaysWhetherTheStoreIsSound) {
+  std::string root = Fresh("verify");
+  GeneratedDataset g = MakeLaion(root + "/src", 1, 30);
+  std::vector<std::string> args = {"shards", "ingest", "--format", "img2dataset", "--store", root + "/store"};
+  args.insert(args.end(), g.files.begin(), g.files.end());
+  int st = RunCli(args, "");
+  ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  st = RunCli({"shards", "verify", "--store", root + "/store"}, "");
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << st;
+  std::string blob;
+  FILE* ls = popen(("ls " + root + "/store/*.blob").c_str(), "r");
+  char buf[4096];
+  if (fgets(buf, sizeof(buf), ls)) blob = std::string(buf, strcspn(buf, "\n"));
+  pclose(ls);
+  ASSERT_FALSE(blob.empty());
+  {
+    std::fstream f(blob, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(0, std::ios::end);
+    std::streamoff mid = f.tellg() / 2;
+    char c;
+    f.seekg(mid);
+    f.get(c);
+    f.seekp(mid);
+    f.put(static_cast<char>(c ^ 0x01));
+  }
+  st = RunCli({"shards", "verify", "--store", root + "/store"}, "");
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 1) << st;
 }
 
 // The size the issue asks for: >= 10,000 samples with every bad case.
