@@ -102,6 +102,10 @@ StatusOr<IngestReport> Ingest(ShardStore& store, const IngestOptions& options) {
     if (real == nullptr) return NotFoundError(fmt::format("source '{}' does not exist", s));
     paths.emplace_back(real);
     std::free(real);
+    // CC595K may be given as its directory; record chat.json, the file the offsets refer to.
+    struct stat st;
+    if (options.format == SourceFormat::kLlava && ::stat(paths.back().c_str(), &st) == 0 && S_ISDIR(st.st_mode))
+      paths.back() += "/chat.json";
     progress.bytes_total += FileSize(paths.back());
   }
 
