@@ -85,6 +85,7 @@ Status IngestOptions::Validate() const {
   if (sources.empty()) return InvalidArgumentError("no sources given");
   if (batch_size < 1) return InvalidArgumentError("batch size must be >= 1");
   if (threads < 0) return InvalidArgumentError("threads must be >= 0");
+  if (flush_every_batches < 0) return InvalidArgumentError("flush_every_batches must be >= 0");
   return Status::OK();
 }
 
@@ -171,6 +172,8 @@ StatusOr<IngestReport> Ingest(ShardStore& store, const IngestOptions& options) {
       RETURN_IF_ERROR(committing.get());
       ++batches_committed;
       MaybeKill({{"ingest-batch", batches_committed}});
+      if (options.flush_every_batches > 0 && batches_committed % options.flush_every_batches == 0)
+        RETURN_IF_ERROR(store.Flush());
       progress.bytes_done = start_bytes + committed_bytes;
       progress.records = report.records;
       progress.ingested = report.ingested;

@@ -44,6 +44,10 @@ struct IngestOptions {
   int batch_size = 256;
   // Validation threads. 0 (default) means one per core.
   int threads = 0;
+  // With a bulk-load store: flush every this many committed batches, bounding what a crash
+  // makes a re-run redo. 0 (default): RocksDB flushes when its memtables fill (about every
+  // 128 MB of images) and the ingest flushes at its end.
+  int flush_every_batches = 0;
   // Called after every batch (e.g. to draw a progress bar). Default: none.
   std::function<void(const IngestProgress&)> on_progress;
 

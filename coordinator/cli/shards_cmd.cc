@@ -119,7 +119,7 @@ void AddShardsCommands(CLI::App& app, int* rc) {
     std::string format, store;
     std::vector<std::string> sources;
     uint32_t shard_size = 0;
-    int batch = 256, threads = 0;
+    int batch = 256, threads = 0, flush_every = 0;
   };
   auto ia = std::make_shared<IngestArgs>();
   auto* ingest = shards->add_subcommand("ingest", "ingest source files into a store (resumable, idempotent)");
@@ -128,6 +128,9 @@ void AddShardsCommands(CLI::App& app, int* rc) {
   ingest->add_option("--shard-size", ia->shard_size, "samples per shard of a new store (default 4096)");
   ingest->add_option("--batch", ia->batch, "records per committed batch")->capture_default_str();
   ingest->add_option("--threads", ia->threads, "validation threads (0: one per core)")->capture_default_str();
+  ingest->add_option("--flush-every", ia->flush_every,
+                     "make progress durable every N batches (0: when memtables fill, and at the end)")
+      ->capture_default_str();
   ingest->add_option("sources", ia->sources, "source files")->required();
   ingest->callback([ia, rc] {
     auto format = sharding::ParseSourceFormat(ia->format);
@@ -142,6 +145,7 @@ void AddShardsCommands(CLI::App& app, int* rc) {
     io.sources = ia->sources;
     io.batch_size = ia->batch;
     io.threads = ia->threads;
+    io.flush_every_batches = ia->flush_every;
     const bool tty = isatty(STDERR_FILENO);
     double last_line = 0;
     io.on_progress = [&](const sharding::IngestProgress& p) { ShowProgress(p, tty, &last_line); };

@@ -296,24 +296,34 @@ int RunCli(const std::vector<std::string>& args, const std::string& fault) {
   return status;
 }
 
-// The CLI (bulk-load mode: no WAL, atomic flushes) is killed with SIGKILL after its 1st,
-// then (re-run) 4th, then 2nd committed batch; a final run finishes. With 3 batches per
-// tar, the 4th falls after the first tar was flushed, so runs resume from both an empty and a
-// partly flushed store. The store equals one ingested without interruption.
+// The CLI (bulk-load mode: no WAL, atomic flushes every 3 batches) is killed with SIGKILL
+// after its 1st, then (re-run) 5th, then 4th committed batch; a final run finishes. Kills
+// before any flush resume from the empty store, the later ones from a partly flushed one
+// (progress and data flushed together). The store equals one ingested without interruption.
 TEST(IngestTest, KillDashNineAndRerunGivesTheSameStore) {
   std::string root = Fresh("kill");
   GeneratedDataset g = MakeLaion(root + "/src", 3, 40);
   std::vector<std::string> args = {"shards", "ingest", "--format", "img2dataset", "--store", root + "/ref",
-                                   "--batch", "16", "--shard-size", "8"};
+                                   "--batch", "16", "--shard-size", "8", "--flush-every", "3"};
   args.insert(args.end(), g.files.begin(), g.files.end());
   int st = RunCli(args, "");
   ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << st;
 
   args[5] = root + "/crashed";
-  for (const char* fault : {"kill:ingest-batch=1", "kill:ingest-batch=4", "kill:ingest-batch=2"}) {
+  std::vector<uint64_t> durable;  // samples in the store after each crash
+  for (const char* fault : {"kill:ingest-batch=1", "kill:ingest-batch=5", "kill:ingest-batch=4"}) {
     st = RunCli(args, fault);
     ASSERT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) << fault << " status " << st;
+    ShardStoreOptions peek;
+    peek.read_only = true;
+    auto s = ShardStore::Open(root + "/crashed", peek);
+    ASSERT_TRUE(s.ok()) << "the store must open after kill -9: " << s.status().ToString();
+    durable.push_back((*s)->num_samples());
   }
+  EXPECT_EQ(durable[0], 0u) << "killed before the first flush";
+  EXPECT_GT(durable[1], 0u) << "a flush happened before the second crash";
+  EXPECT_GT(durable[2], durable[1]) << "the third run resumed and flushed more";
+  EXPECT_LT(durable[2], g.good);
   st = RunCli(args, "");
   ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << st;
 
