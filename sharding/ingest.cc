@@ -244,7 +244,9 @@ StatusOr<IngestReport> Ingest(ShardStore& store, const IngestOptions& options) {
     RETURN_IF_ERROR(finish_commit());
     progress.bytes_done = start_bytes + FileSize(path);
   }
-  // One flush at the end; before it, RocksDB's atomic flushes keep progress and data together.
+  // The manifest describes the final state; one flush at the end makes it all durable
+  // (before it, RocksDB's atomic flushes keep progress and data together).
+  RETURN_IF_ERROR(store.WriteManifest());
   RETURN_IF_ERROR(store.Flush());
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return report;

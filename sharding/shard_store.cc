@@ -271,6 +271,55 @@ Status ShardStore::Commit(Batch& batch) {
   return Status::OK();
 }
 
+StatusOr<std::vector<ShardStore::ShardInfo>> ShardStore::ComputeShardInfo() const {
+  std::vector<ShardInfo> out;
+  std::unique_ptr<rocksdb::Iterator> it(rep_->db->NewIterator(rocksdb::ReadOptions(), rep_->cf[kSamples]));
+  uint64_t expect = 0;
+  for (it->SeekToFirst(); it->Valid() && expect < next_index_; it->Next(), ++expect) {
+    const uint64_t index = DecodeIndexKey(std::string_view(it->key().data(), it->key().size()));
+    if (index != expect)
+      return CorruptionError(fmt::format("store '{}': sample {} is missing (found {} next)", dir_, expect, index));
+    const uint64_t shard = index / shard_size_;
+    if (out.size() <= shard) out.push_back({shard, shard * shard_size_, 0, 0});
+    out.back().count++;
+    out.back().crc32c = Crc32c(it->value().data(), it->value().size(), out.back().crc32c);
+  }
+  RETURN_IF_ERROR(FromRocks(it->status(), "scanning samples"));
+  if (expect != next_index_)
+    return CorruptionError(fmt::format("store '{}' holds {} samples but its metadata says {}", dir_, expect, next_index_));
+  return out;
+}
+
+Status ShardStore::WriteManifest() {
+  if (read_only_) return FailedPreconditionError("store is read-only");
+  ASSIGN_OR_RETURN(auto shards, ComputeShardInfo());
+  ASSIGN_OR_RETURN(auto sources, Sources());
+  nlohmann::json j;
+  j["format_version"] = kShardStoreFormatVersion;
+  j["shard_size"] = shard_size_;
+  j["samples"] = next_index_;
+  nlohmann::json sh = nlohmann::json::array();
+  for (const auto& s : shards) sh.push_back({{"shard", s.shard}, {"first", s.first}, {"count", s.count}, {"crc32c", s.crc32c}});
+  j["shards"] = sh;
+  nlohmann::json src = nlohmann::json::array();
+  uint64_t quarantined = 0;
+  for (const auto& s : sources) {
+    src.push_back(SourceToJson(s));
+    for (const auto& [k, v] : s.quarantined) quarantined += v;
+  }
+  j["sources"] = src;
+  j["quarantined"] = quarantined;
+  rocksdb::WriteOptions wo;
+  wo.sync = !rep_->bulk_load;
+  wo.disableWAL = rep_->bulk_load;
+  return FromRocks(rep_->db->Put(wo, rep_->cf[kMeta], "manifest", j.dump()), "writing the manifest");
+}
+
+StatusOr<std::string> ShardStore::ReadManifest() const {
+  ASSIGN_OR_RETURN(auto v, rep_->GetMeta("manifest"));
+  return v ? *v : std::string();
+}
+
 Status ShardStore::Flush() {
   if (read_only_) return Status::OK();
   rocksdb::FlushOptions fo;

@@ -120,6 +120,18 @@ class ShardStore {
   // Makes every committed batch durable (flushes all column families together).
   Status Flush();
 
+  // Per-shard sample counts and checksums: CRC32C over each shard's encoded records in order
+  // (records embed their image's CRC32C, so images are covered without reading them).
+  struct ShardInfo {
+    uint64_t shard = 0, first = 0, count = 0;
+    uint32_t crc32c = 0;
+  };
+  StatusOr<std::vector<ShardInfo>> ComputeShardInfo() const;
+  // Stores the manifest (JSON, docs/shard-store.md) computed now; the ingest calls it at its end.
+  Status WriteManifest();
+  // The stored manifest JSON ("" if none was written yet).
+  StatusOr<std::string> ReadManifest() const;
+
  private:
   struct Rep;
   explicit ShardStore(std::unique_ptr<Rep> rep);

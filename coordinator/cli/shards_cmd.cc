@@ -176,6 +176,12 @@ void AddShardsCommands(CLI::App& app, int* rc) {
     auto sources = (*store)->Sources();
     if (!sources.ok()) return void(*rc = Fail(sources.status()));
     nlohmann::json j = StatJson(**store, *sources);
+    auto manifest = (*store)->ReadManifest();
+    if (manifest.ok() && !manifest->empty()) {
+      auto m = nlohmann::json::parse(*manifest);
+      j["shard_list"] = m["shards"];
+      j["manifest_samples"] = m["samples"];
+    }
     if (*as_json) {
       std::printf("%s\n", j.dump(2).c_str());
     } else {
@@ -283,7 +289,33 @@ void AddShardsCommands(CLI::App& app, int* rc) {
         }
       }
     }
-    std::printf("verify %s: %llu samples, %llu damaged: %s\n", vdir->c_str(), (unsigned long long)(*store)->num_samples(),
+    // The manifest's per-shard counts and checksums against the records as they are now.
+    auto manifest = (*store)->ReadManifest();
+    auto shards = (*store)->ComputeShardInfo();
+    if (!shards.ok()) {
+      ++bad;
+      std::printf("%s\n", shards.status().message().c_str());
+    } else if (manifest.ok() && !manifest->empty()) {
+      auto m = nlohmann::json::parse(*manifest);
+      if (m["shards"].size() != shards->size()) {
+        ++bad;
+        std::printf("manifest lists %zu shards, the store has %zu\n", m["shards"].size(), shards->size());
+      }
+      for (size_t k = 0; k < std::min(m["shards"].size(), shards->size()); ++k) {
+        const auto& ms = m["shards"][k];
+        const auto& s = (*shards)[k];
+        if (ms["count"].get<uint64_t>() != s.count || ms["crc32c"].get<uint32_t>() != s.crc32c) {
+          ++bad;
+          std::printf("shard %llu: manifest says %llu samples crc32c %u, store has %llu samples crc32c %u\n",
+                      (unsigned long long)s.shard, (unsigned long long)ms["count"].get<uint64_t>(),
+                      ms["crc32c"].get<uint32_t>(), (unsigned long long)s.count, s.crc32c);
+        }
+      }
+    } else {
+      std::printf("no manifest (the last ingest did not finish): re-run it\n");
+      ++bad;
+    }
+    std::printf("verify %s: %llu samples, %llu problems: %s\n", vdir->c_str(), (unsigned long long)(*store)->num_samples(),
                 (unsigned long long)bad, bad ? "NOT SOUND" : "sound");
     *rc = bad ? kExitFailed : 0;
   });

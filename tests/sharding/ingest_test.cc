@@ -13,6 +13,7 @@
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "common/hash.h"
 #include "sharding/dataset_gen.h"
@@ -227,6 +228,43 @@ TEST(JsonArraySplitterTest, SplitsWithoutParsing) {
   std::ofstream(path) << R"({"not": "an array"})";
   JsonArraySplitter bad;
   EXPECT_EQ(bad.Open(path).code(), StatusCode::kInvalidArgument);
+}
+
+// The manifest: per-shard counts (every shard full but the last) and checksums that match a
+// recomputation; a later ingest of another source rewrites it.
+TEST(IngestTest, ManifestListsShardsWithChecksums) {
+  std::string root = Fresh("manifest");
+  GeneratedDataset g = MakeLaion(root + "/src", 2, 40);
+  auto store = OpenStore(root + "/store", 16);
+  IngestOptions io;
+  io.sources = {g.files[0]};
+  ASSERT_TRUE(Ingest(*store, io).ok());
+  auto check = [&](uint64_t samples) {
+    auto text = store->ReadManifest();
+    ASSERT_TRUE(text.ok());
+    ASSERT_FALSE(text->empty());
+    auto m = nlohmann::json::parse(*text);
+    EXPECT_EQ(m["samples"].get<uint64_t>(), samples);
+    EXPECT_EQ(m["shard_size"].get<uint32_t>(), 16u);
+    auto now = store->ComputeShardInfo();
+    ASSERT_TRUE(now.ok());
+    ASSERT_EQ(m["shards"].size(), now->size());
+    uint64_t sum = 0;
+    for (size_t k = 0; k < now->size(); ++k) {
+      EXPECT_EQ(m["shards"][k]["first"].get<uint64_t>(), k * 16);
+      EXPECT_EQ(m["shards"][k]["count"].get<uint64_t>(), (*now)[k].count);
+      EXPECT_EQ(m["shards"][k]["crc32c"].get<uint32_t>(), (*now)[k].crc32c);
+      if (k + 1 < now->size()) EXPECT_EQ((*now)[k].count, 16u);
+      sum += (*now)[k].count;
+    }
+    EXPECT_EQ(sum, samples);
+  };
+  const uint64_t first = store->num_samples();
+  check(first);
+  io.sources = g.files;
+  ASSERT_TRUE(Ingest(*store, io).ok());
+  EXPECT_GT(store->num_samples(), first);
+  check(store->num_samples());
 }
 
 TEST(IngestTest, SecondIngestOfTheSameSourcesAddsNothing) {
