@@ -21,8 +21,9 @@ namespace {
 
 bool Blank(const std::string& s) { return s.find_first_not_of(" \t\r\n\v\f") == std::string::npos; }
 
-// Fills the sample from a raw record or returns (reason, detail) for the quarantine.
-std::pair<std::string, std::string> Validate(const RawRecord& raw, Sample* s) {
+// Fills the sample from a raw record (moving its image bytes: the raw record keeps only what
+// the quarantine and the source bookkeeping need) or returns (reason, detail).
+std::pair<std::string, std::string> Validate(RawRecord& raw, Sample* s) {
   if (!raw.reject_reason.empty()) return {raw.reject_reason, raw.reject_detail};
   if (raw.wants_image && !raw.image_found) return {"missing_image", "the record has no image file"};
   if (!IsValidUtf8(raw.text) || !IsValidUtf8(raw.id)) return {"non_utf8_text", "text is not valid UTF-8"};
@@ -48,7 +49,7 @@ std::pair<std::string, std::string> Validate(const RawRecord& raw, Sample* s) {
     if (!j.ok) return {j.reason, j.detail};
     s->record.width = j.width;
     s->record.height = j.height;
-    s->image = raw.image;
+    s->image = std::move(raw.image);
   }
   s->record.kind = raw.kind;
   s->record.id = raw.id;
