@@ -1,0 +1,48 @@
+// JPEG -> CLIP-style image tensor data, written into caller-provided memory (so a collator
+// decodes straight into its batch tensor; no LibTorch in this header).
+//
+// Steps, matching torchvision's CLIP transform on a PIL image (Resize(size, BICUBIC),
+// CenterCrop(size), ToTensor, Normalize(CLIP mean, std)) bit for bit when dct_scaling is off:
+//  1. decode with libjpeg-turbo (islow DCT, fancy upsampling: Pillow's defaults);
+//     with dct_scaling, the decoder's own 1/2, 1/4 or 1/8 scaling first shrinks images
+//     whose shortest side is at least 4x the target, keeping at least 2x for the final
+//     antialiased resize (much faster on large images; close to, not bit-exact with, the
+//     reference; images under 4x the target are unaffected and stay bit-exact);
+//  2. resize the shortest side to `size` with Pillow's bicubic resampler (a = -0.5,
+//     antialiased support when shrinking, 22-bit fixed point, horizontal then vertical pass
+//     with 8-bit rounding between), the long side to int(size * long / short);
+//  3. center crop size x size, offsets rounded half to even as Python's round();
+//  4. float output: (v / 255 - mean) / std per channel, CHW; uint8 output: the cropped
+//     pixels, CHW, to be normalised on the device.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "common/status.h"
+
+namespace vlorch::dataflow {
+
+struct ImageOptions {
+  // Output side. Default 224 (CLIP ViT-L/14, EVA ViT-g).
+  int size = 224;
+  // Let the JPEG decoder shrink images >= 4x the target by 1/2..1/8 first. Default true.
+  bool dct_scaling = true;
+  // CLIP's normalisation constants (OpenAI CLIP).
+  float mean[3] = {0.48145466f, 0.4578275f, 0.40821073f};
+  float std[3] = {0.26862954f, 0.26130258f, 0.27577711f};
+};
+
+struct DecodedImage {
+  int width = 0, height = 0;      // as stored
+  int decoded_width = 0, decoded_height = 0;  // after DCT scaling
+};
+
+// Writes 3 * size * size floats. InvalidArgument naming the problem for an undecodable
+// image (callers count and skip such samples).
+StatusOr<DecodedImage> DecodeClipFloat(std::string_view jpeg, const ImageOptions& options, float* out);
+// Writes 3 * size * size bytes (CHW).
+StatusOr<DecodedImage> DecodeClipUint8(std::string_view jpeg, const ImageOptions& options, uint8_t* out);
+
+}  // namespace vlorch::dataflow
