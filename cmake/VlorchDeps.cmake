@@ -19,6 +19,7 @@ find_package(spdlog REQUIRED CONFIG)
 find_package(libjpeg-turbo CONFIG REQUIRED)
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(SENTENCEPIECE REQUIRED IMPORTED_TARGET sentencepiece)
+pkg_check_modules(ICU_UC REQUIRED IMPORTED_TARGET icu-uc)
 find_package(LibArchive REQUIRED)
 # libzip: pkg-config, because Debian's CMake config demands the zipcmp/zipmerge tools.
 pkg_check_modules(LIBZIP REQUIRED IMPORTED_TARGET libzip)

@@ -20,10 +20,14 @@ PACKAGES=(
   libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev
   # data: JPEG, tokenizers, archives
   libturbojpeg0-dev libjpeg62-turbo-dev libsentencepiece-dev libarchive-dev libzip-dev
+  # Unicode character classes for the GPT-2 pre-tokeniser
+  libicu-dev
   # tests
   libgtest-dev libgmock-dev
   # benchmark baselines (Python PyTorch peers) and scripts
   python3 python3-torch python3-torchvision python3-pil python3-numpy
+  # reference tokeniser in tests (the regex engine GPT-2's pattern was written for)
+  python3-regex
   # used by tests and scripts
   procps
 )
