@@ -27,7 +27,7 @@ PACKAGES=(
   # benchmark baselines (Python PyTorch peers) and scripts
   python3 python3-torch python3-torchvision python3-pil python3-numpy
   # reference tokeniser in tests (the regex engine GPT-2's pattern was written for)
-  python3-regex
+  python3-regex python3-sentencepiece
   # used by tests and scripts
   procps
 )
