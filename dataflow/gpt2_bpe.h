@@ -21,19 +21,21 @@
 #include <vector>
 
 #include "common/status.h"
+#include "dataflow/tokenizer.h"
 
 namespace vlorch::dataflow {
 
 // GPT-2's pre-tokenisation of UTF-8 text (invalid bytes count as "other" characters).
 std::vector<std::string> Gpt2PreTokenize(std::string_view text);
 
-class Gpt2BpeTokenizer {
+class Gpt2BpeTokenizer : public Tokenizer {
  public:
   // Errors name the file and line/field: unreadable files, malformed JSON, a merges line that
   // is not two symbols, a merge whose result is missing from the vocabulary.
   static StatusOr<std::unique_ptr<Gpt2BpeTokenizer>> Load(const std::string& vocab_json,
                                                           const std::string& merges_txt);
   std::vector<int32_t> Encode(std::string_view text) const;
+  std::vector<int32_t> EncodeText(std::string_view text) const override { return Encode(text); }
   // Inverse of Encode for valid ids; unknown ids are skipped.
   std::string Decode(const std::vector<int32_t>& ids) const;
   size_t vocab_size() const { return vocab_.size(); }
