@@ -3,17 +3,12 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/dataflow/byte_tokenizer.h"
+
 namespace vlorch::dataflow {
 namespace {
 
-class ByteTokenizer : public Tokenizer {
- public:
-  std::vector<int32_t> EncodeText(std::string_view text) const override {
-    std::vector<int32_t> out;
-    for (unsigned char c : text) out.push_back(c + 10);
-    return out;
-  }
-};
+using testing::ByteTokenizer;
 
 std::vector<int32_t> Ids(const std::string& s) { return ByteTokenizer().EncodeText(s); }
 

@@ -1,0 +1,158 @@
+#include "dataflow/pipeline.h"
+
+#include <chrono>
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include "sharding/shard_store.h"
+
+namespace vlorch::dataflow {
+
+Status PipelineOptions::Validate() const {
+  if (stores.empty()) return InvalidArgumentError("the data pipeline needs at least one store");
+  if (!weights.empty() && weights.size() != stores.size())
+    return InvalidArgumentError(fmt::format("{} stores but {} weights", stores.size(), weights.size()));
+  if (dp < 1 || rank < 0 || rank >= dp) return InvalidArgumentError(fmt::format("rank {} of dp {} is not valid", rank, dp));
+  if (batch_size < 1) return InvalidArgumentError("batch size must be >= 1");
+  if (tokenizer == nullptr) return InvalidArgumentError("the data pipeline needs a tokenizer");
+  if (workers < 1 || prefetch < 1) return InvalidArgumentError("workers and prefetch must be >= 1");
+  if (!start.taken.empty() && start.taken.size() != stores.size())
+    return InvalidArgumentError(fmt::format("the cursor has {} sources but the mixture has {}", start.taken.size(),
+                                            stores.size()));
+  return prompt_template.Validate();
+}
+
+struct DataPipeline::Rep {
+  PipelineOptions options;
+  std::vector<std::unique_ptr<sharding::ShardStore>> stores;
+  std::unique_ptr<MixedStream> stream;
+
+  mutable std::mutex mu;
+  std::condition_variable cv;
+  Cursor cursor;             // after the last reserved step
+  uint64_t reserved = 0;     // steps handed to workers
+  uint64_t consumed = 0;     // steps returned by Next()
+  std::map<uint64_t, StatusOr<PipelineBatch>> ready;
+  bool stopping = false;
+  PipelineMetrics metrics;
+  std::chrono::steady_clock::time_point opened = std::chrono::steady_clock::now();
+  std::vector<std::thread> threads;
+
+  StatusOr<PipelineBatch> Build(const std::vector<SourceSample>& plan, const Cursor& after) {
+    std::vector<CollateInput> inputs;
+    uint64_t rejected = 0;
+    for (const SourceSample& s : plan) {
+      ASSIGN_OR_RETURN(sharding::Sample sample, stores[s.source]->Get(s.index, /*with_image=*/true));
+      auto enc = EncodeSample(options.prompt_template, *options.tokenizer, sample.record, options.max_len);
+      if (!enc.ok()) {
+        ++rejected;
+        continue;
+      }
+      CollateInput in;
+      in.key = fmt::format("{}:{}", s.source, sample.record.id);
+      in.encoded = std::move(enc).value();
+      in.jpeg = std::move(sample.image);
+      inputs.push_back(std::move(in));
+    }
+    PipelineBatch out;
+    out.cursor_after = after;
+    if (!inputs.empty()) {
+      auto b = Collate(inputs, options.collate);
+      if (b.ok()) out.batch = std::move(b).value();
+      else out.batch.skipped_images = static_cast<int>(inputs.size());  // every image failed
+    }
+    std::lock_guard<std::mutex> lock(mu);
+    metrics.skipped_samples += rejected;
+    metrics.skipped_images += out.batch.skipped_images;
+    metrics.samples += out.batch.keys.size();
+    return out;
+  }
+
+  void Work() {
+    for (;;) {
+      std::vector<SourceSample> plan;
+      Cursor after;
+      uint64_t step;
+      {
+        std::unique_lock<std::mutex> lock(mu);
+        cv.wait(lock, [&] { return stopping || reserved - consumed < static_cast<uint64_t>(options.prefetch); });
+        if (stopping) return;
+        step = reserved++;
+        plan = stream->NextStep(cursor, options.dp, options.rank, options.batch_size, &after);
+        cursor = after;
+      }
+      StatusOr<PipelineBatch> result = Build(plan, after);
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        ready.emplace(step, std::move(result));
+      }
+      cv.notify_all();
+    }
+  }
+};
+
+DataPipeline::DataPipeline(std::unique_ptr<Rep> rep) : rep_(std::move(rep)) {}
+
+DataPipeline::~DataPipeline() {
+  {
+    std::lock_guard<std::mutex> lock(rep_->mu);
+    rep_->stopping = true;
+  }
+  rep_->cv.notify_all();
+  for (auto& t : rep_->threads) t.join();
+}
+
+StatusOr<std::unique_ptr<DataPipeline>> DataPipeline::Open(const PipelineOptions& options) {
+  RETURN_IF_ERROR(options.Validate());
+  auto rep = std::make_unique<Rep>();
+  rep->options = options;
+  std::vector<OrderOptions> orders;
+  for (const std::string& dir : options.stores) {
+    sharding::ShardStoreOptions so;
+    so.read_only = true;
+    ASSIGN_OR_RETURN(auto store, sharding::ShardStore::Open(dir, so));
+    OrderOptions oo;
+    oo.num_samples = store->num_samples();
+    oo.shard_size = store->shard_size();
+    oo.window = options.shuffle_window;
+    oo.seed = options.seed;
+    orders.push_back(oo);
+    rep->stores.push_back(std::move(store));
+  }
+  std::vector<double> weights = options.weights.empty() ? std::vector<double>(orders.size(), 1.0) : options.weights;
+  ASSIGN_OR_RETURN(MixedStream stream, MixedStream::Create(orders, weights, options.seed));
+  rep->stream = std::make_unique<MixedStream>(std::move(stream));
+  rep->cursor = options.start.taken.empty() ? rep->stream->Start() : options.start;
+  std::unique_ptr<DataPipeline> p(new DataPipeline(std::move(rep)));
+  for (int i = 0; i < options.workers; ++i) p->rep_->threads.emplace_back([r = p->rep_.get()] { r->Work(); });
+  return p;
+}
+
+StatusOr<PipelineBatch> DataPipeline::Next() {
+  Rep& r = *rep_;
+  const auto t0 = std::chrono::steady_clock::now();
+  std::unique_lock<std::mutex> lock(r.mu);
+  r.cv.wait(lock, [&] { return r.ready.count(r.consumed) > 0; });
+  r.metrics.wait_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  auto node = r.ready.extract(r.consumed);
+  ++r.consumed;
+  ++r.metrics.batches;
+  lock.unlock();
+  r.cv.notify_all();
+  return std::move(node.mapped());
+}
+
+PipelineMetrics DataPipeline::metrics() const {
+  std::lock_guard<std::mutex> lock(rep_->mu);
+  PipelineMetrics m = rep_->metrics;
+  m.queue_depth = static_cast<int>(rep_->ready.size());
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - rep_->opened).count();
+  m.samples_per_second = secs > 0 ? m.samples / secs : 0;
+  return m;
+}
+
+}  // namespace vlorch::dataflow
