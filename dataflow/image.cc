@@ -72,62 +72,70 @@ Coeffs Precompute(int in_size, int out_size) {
   return c;
 }
 
-inline uint8_t Clip8(int64_t v) {
+// Pillow accumulates in 32 bits: 255 x 2^22 x (sum of |weights| < 2) cannot overflow.
+inline uint8_t Clip8(int32_t v) {
   v >>= kPrecisionBits;
   return static_cast<uint8_t>(v < 0 ? 0 : v > 255 ? 255 : v);
 }
 
-// RGB interleaved, w x h -> ow x oh, like Pillow's ImagingResample with BICUBIC.
+// Resamples along the first axis of a [n][row_len] array: out[i] = sum_t in[bounds_i + t] * k_i[t],
+// each output row accumulated over whole input rows (a contiguous, vectorisable inner loop).
+// Integer sums are exact in any order, so this equals Pillow's per-pixel loop bit for bit.
+void ResampleRows(const uint8_t* in, int row_len, int row_offset, const Coeffs& c, int out_rows, uint8_t* out) {
+  std::vector<int32_t> acc(row_len);
+  for (int r = 0; r < out_rows; ++r) {
+    const int first = c.bounds[r * 2] - row_offset, taps = c.bounds[r * 2 + 1];
+    const int32_t* k = &c.k[static_cast<size_t>(r) * c.ksize];
+    std::fill(acc.begin(), acc.end(), 1 << (kPrecisionBits - 1));
+    for (int t = 0; t < taps; ++t) {
+      const uint8_t* line = in + static_cast<size_t>(first + t) * row_len;
+      const int32_t w = k[t];
+      for (int x = 0; x < row_len; ++x) acc[x] += line[x] * w;
+    }
+    uint8_t* o = out + static_cast<size_t>(r) * row_len;
+    for (int x = 0; x < row_len; ++x) o[x] = Clip8(acc[x]);
+  }
+}
+
+// [rows][cols] of 3-byte pixels -> [cols][rows].
+void TransposeRgb(const uint8_t* in, int rows, int cols, uint8_t* out) {
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < cols; ++c) {
+      const uint8_t* p = in + (static_cast<size_t>(r) * cols + c) * 3;
+      uint8_t* q = out + (static_cast<size_t>(c) * rows + r) * 3;
+      q[0] = p[0];
+      q[1] = p[1];
+      q[2] = p[2];
+    }
+}
+
+// RGB interleaved, w x h -> ow x oh, like Pillow's ImagingResample with BICUBIC: horizontal
+// pass first (over the rows the vertical pass needs), rounded to 8 bits, then vertical.
 std::vector<uint8_t> Resize(const uint8_t* in, int w, int h, int ow, int oh) {
-  std::vector<uint8_t> tmp;
-  const uint8_t* src = in;
-  int sw = w;
   Coeffs vert = Precompute(h, oh);
-  // Rows the vertical pass needs.
   const int ybox_first = vert.bounds[0];
   const int ybox_last = vert.bounds[oh * 2 - 2] + vert.bounds[oh * 2 - 1];
-  int rows = h, row0 = 0;
+  const uint8_t* src = in;
+  int rows = h, row0 = 0, sw = w;
+  std::vector<uint8_t> horiz;
   if (ow != w) {
-    Coeffs hor = Precompute(w, ow);
+    // The horizontal pass as a pass over the transposed rows.
     rows = ybox_last - ybox_first;
     row0 = ybox_first;
-    tmp.resize(static_cast<size_t>(rows) * ow * 3);
-    for (int y = 0; y < rows; ++y) {
-      const uint8_t* line = in + static_cast<size_t>(y + ybox_first) * w * 3;
-      uint8_t* o = &tmp[static_cast<size_t>(y) * ow * 3];
-      for (int xx = 0; xx < ow; ++xx) {
-        const int xmin = hor.bounds[xx * 2], xmax = hor.bounds[xx * 2 + 1];
-        const int32_t* k = &hor.k[xx * hor.ksize];
-        int64_t s0 = 1 << (kPrecisionBits - 1), s1 = s0, s2 = s0;
-        for (int x = 0; x < xmax; ++x) {
-          const uint8_t* p = line + (x + xmin) * 3;
-          s0 += p[0] * static_cast<int64_t>(k[x]);
-          s1 += p[1] * static_cast<int64_t>(k[x]);
-          s2 += p[2] * static_cast<int64_t>(k[x]);
-        }
-        o[xx * 3] = Clip8(s0);
-        o[xx * 3 + 1] = Clip8(s1);
-        o[xx * 3 + 2] = Clip8(s2);
-      }
-    }
-    src = tmp.data();
+    std::vector<uint8_t> t(static_cast<size_t>(rows) * w * 3), rt(static_cast<size_t>(rows) * ow * 3);
+    TransposeRgb(in + static_cast<size_t>(ybox_first) * w * 3, rows, w, t.data());
+    ResampleRows(t.data(), rows * 3, 0, Precompute(w, ow), ow, rt.data());
+    horiz.resize(static_cast<size_t>(rows) * ow * 3);
+    TransposeRgb(rt.data(), ow, rows, horiz.data());
+    src = horiz.data();
     sw = ow;
   }
   if (oh == h) {
     if (src == in) return std::vector<uint8_t>(in, in + static_cast<size_t>(w) * h * 3);
-    return tmp;
+    return horiz;
   }
   std::vector<uint8_t> out(static_cast<size_t>(oh) * sw * 3);
-  for (int yy = 0; yy < oh; ++yy) {
-    const int ymin = vert.bounds[yy * 2] - row0, ymax = vert.bounds[yy * 2 + 1];
-    const int32_t* k = &vert.k[yy * vert.ksize];
-    uint8_t* o = &out[static_cast<size_t>(yy) * sw * 3];
-    for (int x = 0; x < sw * 3; ++x) {
-      int64_t s = 1 << (kPrecisionBits - 1);
-      for (int y = 0; y < ymax; ++y) s += src[static_cast<size_t>(y + ymin) * sw * 3 + x] * static_cast<int64_t>(k[y]);
-      o[x] = Clip8(s);
-    }
-  }
+  ResampleRows(src, sw * 3, row0, vert, oh, out.data());
   return out;
 }
 

@@ -1,0 +1,88 @@
+// Samples/s of vlorch's data pipeline on a shard store, and the raw libjpeg-turbo decode
+// rate of the same JPEGs (the limit). The Python peer runs in ops/bench/dataflow.sh.
+//
+// usage: bench_dataflow STORE WORKERS BATCH SAMPLES
+// Tokenisation is byte-level on both sides (image work dominates; the same for the peer).
+#include <turbojpeg.h>
+
+#include <chrono>
+#include <cstdio>
+#include <thread>
+#include <vector>
+
+#include "dataflow/pipeline.h"
+#include "sharding/shard_store.h"
+
+namespace {
+class ByteTokenizer : public vlorch::dataflow::Tokenizer {
+ public:
+  std::vector<int32_t> EncodeText(std::string_view text) const override {
+    std::vector<int32_t> out;
+    for (unsigned char c : text) out.push_back(c);
+    return out;
+  }
+};
+double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 5) return 2;
+  const std::string store = argv[1];
+  const int workers = std::atoi(argv[2]);
+  const int batch = std::atoi(argv[3]);
+  const long samples = std::atol(argv[4]);
+
+  // Raw decode limit: full-size decode of every image, `workers` threads.
+  vlorch::sharding::ShardStoreOptions ro;
+  ro.read_only = true;
+  auto s = vlorch::sharding::ShardStore::Open(store, ro);
+  if (!s.ok()) return 1;
+  std::vector<std::string> jpegs;
+  for (uint64_t i = 0; i < (*s)->num_samples() && static_cast<long>(jpegs.size()) < samples; ++i)
+    jpegs.push_back((*s)->Get(i, true)->image);
+  double t0 = Now();
+  std::vector<std::thread> ts;
+  for (int w = 0; w < workers; ++w)
+    ts.emplace_back([&, w] {
+      tjhandle h = tjInitDecompress();
+      std::vector<unsigned char> buf;
+      for (size_t i = w; i < jpegs.size(); i += workers) {
+        int W, H, ss, cs;
+        auto* d = reinterpret_cast<const unsigned char*>(jpegs[i].data());
+        tjDecompressHeader3(h, d, jpegs[i].size(), &W, &H, &ss, &cs);
+        buf.resize(static_cast<size_t>(W) * H * 3);
+        tjDecompress2(h, d, jpegs[i].size(), buf.data(), W, 0, H, TJPF_RGB, 0);
+      }
+      tjDestroy(h);
+    });
+  for (auto& t : ts) t.join();
+  const double raw_sps = jpegs.size() / (Now() - t0);
+
+  ByteTokenizer tok;
+  vlorch::dataflow::PipelineOptions o;
+  o.stores = {store};
+  o.batch_size = batch;
+  o.workers = workers;
+  o.prefetch = 4;
+  o.tokenizer = &tok;
+  o.prompt_template = *vlorch::dataflow::BuiltinTemplate("llava_plain");
+  auto p = vlorch::dataflow::DataPipeline::Open(o);
+  if (!p.ok()) {
+    std::fprintf(stderr, "%s\n", p.status().ToString().c_str());
+    return 1;
+  }
+  long got = 0;
+  t0 = Now();
+  while (got < samples) {
+    auto b = (*p)->Next();
+    if (!b.ok()) return 1;
+    got += static_cast<long>(b->batch.keys.size());
+  }
+  const double sps = got / (Now() - t0);
+  auto m = (*p)->metrics();
+  std::printf("vlorch pipeline: %ld samples, %d workers, batch %d: %.0f samples/s (consumer waited %.2f s)\n", got,
+              workers, batch, sps, m.wait_seconds);
+  std::printf("raw libjpeg-turbo full decode, same images, %d threads: %.0f images/s\n", workers, raw_sps);
+  std::printf("summary vlorch_sps=%.1f raw_sps=%.1f\n", sps, raw_sps);
+  return 0;
+}
