@@ -1,4 +1,5 @@
 #include "dataflow/image.h"
+#include "sharding/turbojpeg_handle.h"
 
 #include <turbojpeg.h>
 
@@ -10,18 +11,6 @@
 
 namespace vlorch::dataflow {
 namespace {
-
-struct Decompressor {
-  tjhandle h = tjInitDecompress();
-  ~Decompressor() {
-    if (h) tjDestroy(h);
-  }
-  // A handle that failed is replaced (see sharding/jpeg_check.cc for why).
-  void Reset() {
-    if (h) tjDestroy(h);
-    h = tjInitDecompress();
-  }
-};
 
 // ---- Pillow's resampler (Resample.c), 8 bits per channel, 3 channels ----------------------
 constexpr int kPrecisionBits = 32 - 8 - 2;
@@ -142,11 +131,11 @@ std::vector<uint8_t> Resize(const uint8_t* in, int w, int h, int ow, int oh) {
 // Decodes and resizes+crops to size x size RGB (HWC).
 StatusOr<DecodedImage> DecodeCrop(std::string_view jpeg, const ImageOptions& o, std::vector<uint8_t>* crop) {
   if (o.size < 1) return InvalidArgumentError("image size must be >= 1");
-  thread_local Decompressor d;
+  sharding::TurboJpegDecompressor& d = sharding::TurboJpegDecompressor::ForThisThread();
   auto* data = reinterpret_cast<const unsigned char*>(jpeg.data());
   int w = 0, h = 0, ss = 0, cs = 0;
-  if (jpeg.empty() || tjDecompressHeader3(d.h, data, jpeg.size(), &w, &h, &ss, &cs) != 0 || w < 1 || h < 1) {
-    std::string why = jpeg.empty() ? "empty image" : tjGetErrorStr2(d.h);
+  if (jpeg.empty() || tjDecompressHeader3(d.get(), data, jpeg.size(), &w, &h, &ss, &cs) != 0 || w < 1 || h < 1) {
+    std::string why = jpeg.empty() ? "empty image" : tjGetErrorStr2(d.get());
     d.Reset();
     return InvalidArgumentError("not a decodable JPEG: " + why);
   }
@@ -170,8 +159,8 @@ StatusOr<DecodedImage> DecodeCrop(std::string_view jpeg, const ImageOptions& o, 
   }
   thread_local std::vector<uint8_t> rgb;
   rgb.resize(static_cast<size_t>(dw) * dh * 3);
-  if (tjDecompress2(d.h, data, jpeg.size(), rgb.data(), dw, 0, dh, TJPF_RGB, TJFLAG_STOPONWARNING) != 0) {
-    std::string why = tjGetErrorStr2(d.h);
+  if (tjDecompress2(d.get(), data, jpeg.size(), rgb.data(), dw, 0, dh, TJPF_RGB, TJFLAG_STOPONWARNING) != 0) {
+    std::string why = tjGetErrorStr2(d.get());
     d.Reset();
     return InvalidArgumentError("JPEG data is damaged or truncated: " + why);
   }

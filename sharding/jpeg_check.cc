@@ -1,4 +1,5 @@
 #include "sharding/jpeg_check.h"
+#include "sharding/turbojpeg_handle.h"
 
 #include <turbojpeg.h>
 
@@ -6,24 +7,6 @@
 #include <vector>
 
 namespace vlorch::sharding {
-namespace {
-
-// One TurboJPEG handle per thread. After a failed call the handle is replaced: reusing it
-// made the next, valid image's header come back with a zero dimension (seen with 2.1.5), so
-// results depended on which images a thread had seen before.
-struct Decompressor {
-  tjhandle h = tjInitDecompress();
-  ~Decompressor() {
-    if (h != nullptr) tjDestroy(h);
-  }
-  void Reset() {
-    if (h != nullptr) tjDestroy(h);
-    h = tjInitDecompress();
-  }
-};
-
-}  // namespace
-
 JpegCheck CheckJpeg(std::string_view bytes) {
   JpegCheck out;
   if (bytes.empty()) {
@@ -31,12 +14,12 @@ JpegCheck CheckJpeg(std::string_view bytes) {
     out.detail = "the image file is empty";
     return out;
   }
-  thread_local Decompressor d;
+  TurboJpegDecompressor& d = TurboJpegDecompressor::ForThisThread();
   auto* data = reinterpret_cast<const unsigned char*>(bytes.data());
   int w = 0, h = 0, subsamp = 0, colorspace = 0;
-  if (tjDecompressHeader3(d.h, data, bytes.size(), &w, &h, &subsamp, &colorspace) != 0) {
+  if (tjDecompressHeader3(d.get(), data, bytes.size(), &w, &h, &subsamp, &colorspace) != 0) {
     out.reason = "undecodable_image";
-    out.detail = std::string("not a JPEG header: ") + tjGetErrorStr2(d.h);
+    out.detail = std::string("not a JPEG header: ") + tjGetErrorStr2(d.get());
     d.Reset();
     return out;
   }
@@ -51,9 +34,9 @@ JpegCheck CheckJpeg(std::string_view bytes) {
   const int sw = TJSCALED(w, (tjscalingfactor{1, 8})), sh = TJSCALED(h, (tjscalingfactor{1, 8}));
   thread_local std::vector<unsigned char> buf;
   buf.resize(static_cast<size_t>(sw) * sh * 3);
-  if (tjDecompress2(d.h, data, bytes.size(), buf.data(), sw, 0, sh, TJPF_RGB, TJFLAG_STOPONWARNING) != 0) {
+  if (tjDecompress2(d.get(), data, bytes.size(), buf.data(), sw, 0, sh, TJPF_RGB, TJFLAG_STOPONWARNING) != 0) {
     out.reason = "undecodable_image";
-    out.detail = std::string("JPEG data is damaged or truncated: ") + tjGetErrorStr2(d.h);
+    out.detail = std::string("JPEG data is damaged or truncated: ") + tjGetErrorStr2(d.get());
     d.Reset();
     return out;
   }
