@@ -129,6 +129,41 @@ TEST(PipelineTest, TwoRanksCoverTheEpochExactlyOnce) {
   EXPECT_EQ(m.skipped_images + m.skipped_samples, 0u);
 }
 
+// Checkpoint a dp = 2 run after 3 steps, resume at dp = 4 (and a dp = 4 run at dp = 1) with
+// real pipelines: every sample of the epoch is trained on exactly once across both phases.
+TEST(PipelineTest, ResumeAtAnotherDpSizeCoversTheEpochExactlyOnce) {
+  sharding::ShardStoreOptions ro;
+  ro.read_only = true;
+  const uint64_t n = (*sharding::ShardStore::Open(Store(), ro))->num_samples();
+  for (auto [dp1, dp2] : {std::pair<int, int>{2, 4}, std::pair<int, int>{4, 1}}) {
+    std::map<std::string, int> seen;
+    // Runs `dp` ranks for `steps` steps (0: to the end of the epoch) from `start`.
+    auto run = [&](int dp, const Cursor& start, int steps) {
+      std::vector<std::unique_ptr<DataPipeline>> ranks;
+      for (int r = 0; r < dp; ++r) ranks.push_back(std::move(DataPipeline::Open(Options(dp, r, start))).value());
+      Cursor c = start;
+      for (int t = 0; steps == 0 ? (c.taken.empty() || c.taken[0] < n) : t < steps; ++t) {
+        Cursor agreed;
+        for (int r = 0; r < dp; ++r) {
+          auto b = ranks[r]->Next();
+          EXPECT_TRUE(b.ok());
+          for (const auto& k : b->batch.keys) ++seen[k];
+          if (r == 0) agreed = b->cursor_after;
+          else EXPECT_EQ(b->cursor_after, agreed);
+        }
+        c = agreed;
+      }
+      return c;
+    };
+    Cursor checkpoint = run(dp1, Cursor(), 3);
+    EXPECT_GT(checkpoint.taken[0], 0u);
+    EXPECT_LT(checkpoint.taken[0], n);
+    run(dp2, *Cursor::Parse(checkpoint.Serialize()), 0);
+    EXPECT_EQ(seen.size(), n) << "dp " << dp1 << " -> " << dp2;
+    for (const auto& [k, times] : seen) EXPECT_EQ(times, 1) << k << " (dp " << dp1 << " -> " << dp2 << ")";
+  }
+}
+
 TEST(PipelineTest, BadOptionsAreErrors) {
   auto o = Options(2, 2);
   EXPECT_EQ(DataPipeline::Open(o).status().code(), StatusCode::kInvalidArgument);
