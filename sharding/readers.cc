@@ -87,6 +87,17 @@ class TarReader : public RecordReader {
   }
 
   StatusOr<bool> Next(RawRecord* out) override {
+    ASSIGN_OR_RETURN(bool more, ReadRecord(out));
+    if (more) Finish(out);
+    return more;
+  }
+
+  uint64_t bytes_read() const override { return a_ ? static_cast<uint64_t>(archive_filter_bytes(a_, -1)) : 0; }
+  std::map<std::string, int64_t> Reported() const override { return reported_; }
+
+ private:
+  // The next record's members, grouped by key; checks that need the whole record come after.
+  StatusOr<bool> ReadRecord(RawRecord* out) {
     while (!done_) {
       archive_entry* e = nullptr;
       int rc = archive_read_next_header(a_, &e);
@@ -149,10 +160,6 @@ class TarReader : public RecordReader {
     return false;
   }
 
-  uint64_t bytes_read() const override { return a_ ? static_cast<uint64_t>(archive_filter_bytes(a_, -1)) : 0; }
-  std::map<std::string, int64_t> Reported() const override { return reported_; }
-
- private:
   void StartPending(const std::string& key, int64_t offset) {
     pending_ = RawRecord();
     pending_.ordinal = ordinal_++;
@@ -161,7 +168,6 @@ class TarReader : public RecordReader {
     pending_.kind = SampleKind::kCaption;
     pending_.wants_image = true;
     have_pending_ = true;
-    has_jpg_ = has_txt_ = false;
   }
 
   void Add(const std::string& ext, std::string data, bool truncated, int64_t got, int64_t want) {
@@ -174,16 +180,14 @@ class TarReader : public RecordReader {
     if (ext == "jpg" || ext == "jpeg") {
       pending_.image = std::move(data);
       pending_.image_found = true;
-      has_jpg_ = true;
     } else if (ext == "txt") {
       pending_.text = std::move(data);
-      has_txt_ = true;
     } else if (ext == "json") {
       pending_.metadata_json = std::move(data);
     }
   }
 
-  // Called when the record is complete (next key started or end of archive).
+  // Checks a complete record (its next key started or the archive ended).
   void Finish(RawRecord* r) {
     if (!r->reject_reason.empty()) return;
     if (!r->metadata_json.empty()) {
@@ -195,14 +199,6 @@ class TarReader : public RecordReader {
         r->reject_detail = fmt::format("member '{}.json': {}", r->id, e.what());
       }
     }
-  }
-
- public:
-  // Completes the record handed out by Next() when a new key starts (see Next).
-  StatusOr<bool> NextFinished(RawRecord* out) {
-    ASSIGN_OR_RETURN(bool more, Next(out));
-    if (more) Finish(out);
-    return more;
   }
 
  private:
@@ -224,22 +220,10 @@ class TarReader : public RecordReader {
 
   std::string path_;
   archive* a_ = nullptr;
-  bool done_ = false, have_pending_ = false, has_jpg_ = false, has_txt_ = false;
+  bool done_ = false, have_pending_ = false;
   uint64_t members_ = 0, ordinal_ = 0;
   RawRecord pending_;
   std::map<std::string, int64_t> reported_;
-};
-
-// Wraps TarReader so every record handed out has been through Finish().
-class Img2DatasetReader : public RecordReader {
- public:
-  explicit Img2DatasetReader(std::unique_ptr<TarReader> tar) : tar_(std::move(tar)) {}
-  StatusOr<bool> Next(RawRecord* out) override { return tar_->NextFinished(out); }
-  uint64_t bytes_read() const override { return tar_->bytes_read(); }
-  std::map<std::string, int64_t> Reported() const override { return tar_->Reported(); }
-
- private:
-  std::unique_ptr<TarReader> tar_;
 };
 
 bool IsDir(const std::string& p) {
@@ -459,7 +443,7 @@ StatusOr<std::unique_ptr<RecordReader>> OpenJsonl(const std::string& path) {
 StatusOr<std::unique_ptr<RecordReader>> OpenImg2DatasetTar(const std::string& path) {
   auto tar = std::make_unique<TarReader>(path);
   RETURN_IF_ERROR(tar->Open());
-  return std::unique_ptr<RecordReader>(std::make_unique<Img2DatasetReader>(std::move(tar)));
+  return std::unique_ptr<RecordReader>(std::move(tar));
 }
 
 }  // namespace vlorch::sharding
