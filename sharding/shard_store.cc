@@ -315,9 +315,24 @@ Status ShardStore::WriteManifest() {
   return FromRocks(rep_->db->Put(wo, rep_->cf[kMeta], "manifest", j.dump()), "writing the manifest");
 }
 
-StatusOr<std::string> ShardStore::ReadManifest() const {
+StatusOr<std::optional<ShardStore::Manifest>> ShardStore::ReadManifest() const {
   ASSIGN_OR_RETURN(auto v, rep_->GetMeta("manifest"));
-  return v ? *v : std::string();
+  if (!v) return std::optional<Manifest>();
+  try {
+    auto j = nlohmann::json::parse(*v);
+    Manifest m;
+    m.format_version = j.at("format_version").get<int>();
+    m.shard_size = j.at("shard_size").get<uint32_t>();
+    m.samples = j.at("samples").get<uint64_t>();
+    m.quarantined = j.at("quarantined").get<uint64_t>();
+    for (const auto& s : j.at("shards"))
+      m.shards.push_back({s.at("shard").get<uint64_t>(), s.at("first").get<uint64_t>(), s.at("count").get<uint64_t>(),
+                          s.at("crc32c").get<uint32_t>()});
+    return std::optional<Manifest>(std::move(m));
+  } catch (const nlohmann::json::exception& e) {
+    return CorruptionError(fmt::format("shard store '{}': the manifest is damaged ({}); re-run the ingest to rewrite it",
+                                       dir_, e.what()));
+  }
 }
 
 Status ShardStore::Flush() {

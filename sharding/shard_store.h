@@ -125,12 +125,22 @@ class ShardStore {
   struct ShardInfo {
     uint64_t shard = 0, first = 0, count = 0;
     uint32_t crc32c = 0;
+    bool operator==(const ShardInfo& o) const {
+      return shard == o.shard && first == o.first && count == o.count && crc32c == o.crc32c;
+    }
   };
   StatusOr<std::vector<ShardInfo>> ComputeShardInfo() const;
   // Stores the manifest (JSON, docs/shard-store.md) computed now; the ingest calls it at its end.
   Status WriteManifest();
-  // The stored manifest JSON ("" if none was written yet).
-  StatusOr<std::string> ReadManifest() const;
+  struct Manifest {
+    int format_version = 0;
+    uint32_t shard_size = 0;
+    uint64_t samples = 0;
+    uint64_t quarantined = 0;
+    std::vector<ShardInfo> shards;
+  };
+  // The stored manifest; nullopt when no ingest has finished yet; Corruption when damaged.
+  StatusOr<std::optional<Manifest>> ReadManifest() const;
 
  private:
   struct Rep;

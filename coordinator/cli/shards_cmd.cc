@@ -177,10 +177,13 @@ void AddShardsCommands(CLI::App& app, int* rc) {
     if (!sources.ok()) return void(*rc = Fail(sources.status()));
     nlohmann::json j = StatJson(**store, *sources);
     auto manifest = (*store)->ReadManifest();
-    if (manifest.ok() && !manifest->empty()) {
-      auto m = nlohmann::json::parse(*manifest);
-      j["shard_list"] = m["shards"];
-      j["manifest_samples"] = m["samples"];
+    if (!manifest.ok()) return void(*rc = Fail(manifest.status()));
+    if (*manifest) {
+      nlohmann::json shard_list = nlohmann::json::array();
+      for (const auto& s : (*manifest)->shards)
+        shard_list.push_back({{"shard", s.shard}, {"first", s.first}, {"count", s.count}, {"crc32c", s.crc32c}});
+      j["shard_list"] = shard_list;
+      j["manifest_samples"] = (*manifest)->samples;
     }
     if (*as_json) {
       std::printf("%s\n", j.dump(2).c_str());
@@ -292,28 +295,25 @@ void AddShardsCommands(CLI::App& app, int* rc) {
     // The manifest's per-shard counts and checksums against the records as they are now.
     auto manifest = (*store)->ReadManifest();
     auto shards = (*store)->ComputeShardInfo();
-    if (!shards.ok()) {
+    if (!manifest.ok() || !shards.ok()) {
       ++bad;
-      std::printf("%s\n", shards.status().message().c_str());
-    } else if (manifest.ok() && !manifest->empty()) {
-      auto m = nlohmann::json::parse(*manifest);
-      if (m["shards"].size() != shards->size()) {
-        ++bad;
-        std::printf("manifest lists %zu shards, the store has %zu\n", m["shards"].size(), shards->size());
-      }
-      for (size_t k = 0; k < std::min(m["shards"].size(), shards->size()); ++k) {
-        const auto& ms = m["shards"][k];
-        const auto& s = (*shards)[k];
-        if (ms["count"].get<uint64_t>() != s.count || ms["crc32c"].get<uint32_t>() != s.crc32c) {
-          ++bad;
-          std::printf("shard %llu: manifest says %llu samples crc32c %u, store has %llu samples crc32c %u\n",
-                      (unsigned long long)s.shard, (unsigned long long)ms["count"].get<uint64_t>(),
-                      ms["crc32c"].get<uint32_t>(), (unsigned long long)s.count, s.crc32c);
-        }
-      }
-    } else {
+      std::printf("%s\n", (!manifest.ok() ? manifest.status() : shards.status()).message().c_str());
+    } else if (!*manifest) {
+      ++bad;
       std::printf("no manifest (the last ingest did not finish): re-run it\n");
-      ++bad;
+    } else {
+      const auto& listed = (*manifest)->shards;
+      if (listed.size() != shards->size()) {
+        ++bad;
+        std::printf("manifest lists %zu shards, the store has %zu\n", listed.size(), shards->size());
+      }
+      for (size_t k = 0; k < std::min(listed.size(), shards->size()); ++k) {
+        if (listed[k] == (*shards)[k]) continue;
+        ++bad;
+        std::printf("shard %llu: manifest says %llu samples crc32c %u, store has %llu samples crc32c %u\n",
+                    (unsigned long long)(*shards)[k].shard, (unsigned long long)listed[k].count, listed[k].crc32c,
+                    (unsigned long long)(*shards)[k].count, (*shards)[k].crc32c);
+      }
     }
     std::printf("verify %s: %llu samples, %llu problems: %s\n", vdir->c_str(), (unsigned long long)(*store)->num_samples(),
                 (unsigned long long)bad, bad ? "NOT SOUND" : "sound");

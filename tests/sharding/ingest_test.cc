@@ -19,6 +19,8 @@
 #include "sharding/dataset_gen.h"
 #include "sharding/readers.h"
 
+#include <rocksdb/db.h>
+
 namespace vlorch::sharding {
 namespace {
 
@@ -240,21 +242,24 @@ TEST(IngestTest, ManifestListsShardsWithChecksums) {
   io.sources = {g.files[0]};
   ASSERT_TRUE(Ingest(*store, io).ok());
   auto check = [&](uint64_t samples) {
-    auto text = store->ReadManifest();
-    ASSERT_TRUE(text.ok());
-    ASSERT_FALSE(text->empty());
-    auto m = nlohmann::json::parse(*text);
-    EXPECT_EQ(m["samples"].get<uint64_t>(), samples);
-    EXPECT_EQ(m["shard_size"].get<uint32_t>(), 16u);
+    auto stored = store->ReadManifest();
+    ASSERT_TRUE(stored.ok()) << stored.status().ToString();
+    ASSERT_TRUE(stored->has_value());
+    const ShardStore::Manifest& m = **stored;
+    EXPECT_EQ(m.samples, samples);
+    EXPECT_EQ(m.shard_size, 16u);
+    EXPECT_EQ(m.format_version, kShardStoreFormatVersion);
     auto now = store->ComputeShardInfo();
     ASSERT_TRUE(now.ok());
-    ASSERT_EQ(m["shards"].size(), now->size());
+    ASSERT_EQ(m.shards.size(), now->size());
     uint64_t sum = 0;
     for (size_t k = 0; k < now->size(); ++k) {
-      EXPECT_EQ(m["shards"][k]["first"].get<uint64_t>(), k * 16);
-      EXPECT_EQ(m["shards"][k]["count"].get<uint64_t>(), (*now)[k].count);
-      EXPECT_EQ(m["shards"][k]["crc32c"].get<uint32_t>(), (*now)[k].crc32c);
-      if (k + 1 < now->size()) EXPECT_EQ((*now)[k].count, 16u);
+      EXPECT_EQ(m.shards[k].first, k * 16);
+      EXPECT_EQ(m.shards[k].count, (*now)[k].count);
+      EXPECT_EQ(m.shards[k].crc32c, (*now)[k].crc32c);
+      if (k + 1 < now->size()) {
+        EXPECT_EQ((*now)[k].count, 16u);
+      }
       sum += (*now)[k].count;
     }
     EXPECT_EQ(sum, samples);
@@ -265,6 +270,37 @@ TEST(IngestTest, ManifestListsShardsWithChecksums) {
   ASSERT_TRUE(Ingest(*store, io).ok());
   EXPECT_GT(store->num_samples(), first);
   check(store->num_samples());
+}
+
+// A damaged manifest is a Corruption naming the store and what to do, not an exception.
+TEST(IngestTest, DamagedManifestIsCorruption) {
+  std::string root = Fresh("badmanifest");
+  GeneratedDataset g = MakeLaion(root + "/src", 1, 20);
+  {
+    auto store = OpenStore(root + "/store");
+    IngestOptions io;
+    io.sources = g.files;
+    ASSERT_TRUE(Ingest(*store, io).ok());
+  }
+  {
+    std::vector<std::string> names;
+    ASSERT_TRUE(rocksdb::DB::ListColumnFamilies(rocksdb::DBOptions(), root + "/store", &names).ok());
+    std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
+    for (const auto& n : names) cfs.emplace_back(n, rocksdb::ColumnFamilyOptions());
+    std::vector<rocksdb::ColumnFamilyHandle*> handles;
+    rocksdb::DB* db = nullptr;
+    ASSERT_TRUE(rocksdb::DB::Open(rocksdb::DBOptions(), root + "/store", cfs, &handles, &db).ok());
+    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), "manifest", "{\"samples\": \"not a number\"").ok());
+    for (auto* h : handles) db->DestroyColumnFamilyHandle(h);
+    delete db;
+  }
+  ShardStoreOptions ro;
+  ro.read_only = true;
+  auto store = ShardStore::Open(root + "/store", ro);
+  ASSERT_TRUE(store.ok());
+  auto m = (*store)->ReadManifest();
+  EXPECT_EQ(m.status().code(), StatusCode::kCorruption);
+  EXPECT_NE(m.status().message().find("the manifest is damaged"), std::string::npos) << m.status().message();
 }
 
 TEST(IngestTest, SecondIngestOfTheSameSourcesAddsNothing) {
