@@ -10,9 +10,9 @@ namespace vlorch {
 namespace {
 
 // Parsed once: "kill:a=1:b=2" -> {a:1, b:2}; empty when unset or not a kill spec.
-const std::map<std::string, int64_t>& Spec() {
-  static const std::map<std::string, int64_t> spec = [] {
-    std::map<std::string, int64_t> out;
+const std::map<std::string, std::string>& Spec() {
+  static const std::map<std::string, std::string> spec = [] {
+    std::map<std::string, std::string> out;
     const char* env = std::getenv("VLORCH_FAULT");
     if (env == nullptr) return out;
     std::string s(env);
@@ -25,7 +25,7 @@ const std::map<std::string, int64_t>& Spec() {
     while (std::getline(ss, part, ':')) {
       auto eq = part.find('=');
       if (eq == std::string::npos) continue;
-      out[part.substr(0, eq)] = std::strtoll(part.c_str() + eq + 1, nullptr, 10);
+      out[part.substr(0, eq)] = part.substr(eq + 1);
     }
     return out;
   }();
@@ -34,14 +34,14 @@ const std::map<std::string, int64_t>& Spec() {
 
 }  // namespace
 
-void MaybeKill(const std::vector<std::pair<std::string, int64_t>>& point) {
+void MaybeKill(const std::vector<FaultKey>& point) {
   const auto& spec = Spec();
   if (spec.empty()) return;
   size_t matched = 0;
-  for (const auto& [k, v] : point) {
-    auto it = spec.find(k);
+  for (const auto& p : point) {
+    auto it = spec.find(p.key);
     if (it == spec.end()) continue;
-    if (it->second != v) return;
+    if (it->second != p.value) return;
     ++matched;
   }
   if (matched != spec.size()) return;

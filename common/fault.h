@@ -1,7 +1,10 @@
 // Named kill points for crash tests, compiled in and off unless VLORCH_FAULT is set.
 //
 //   VLORCH_FAULT=kill:ingest-batch=2          SIGKILL after the 2nd committed ingest batch
-//   VLORCH_FAULT=kill:rank=2:step=37          (worker) rank 2 at step 37
+//   VLORCH_FAULT=kill:rank=2:step=37          (worker) rank 2 after step 37's update
+//   VLORCH_FAULT=kill:rank=0:step=6:during=checkpoint-write
+//                                             (worker) rank 0 halfway through writing the
+//                                             checkpoint of step 6
 //
 // A point fires when every key=value of the spec equals a value the code reports there;
 // keys the spec names that the point does not report make it not match. The process then
@@ -15,7 +18,14 @@
 
 namespace vlorch {
 
+// One key=value a kill point reports; values compare as text.
+struct FaultKey {
+  FaultKey(std::string k, int64_t v) : key(std::move(k)), value(std::to_string(v)) {}
+  FaultKey(std::string k, const char* v) : key(std::move(k)), value(v) {}
+  std::string key, value;
+};
+
 // Calls raise(SIGKILL) when VLORCH_FAULT names this point.
-void MaybeKill(const std::vector<std::pair<std::string, int64_t>>& point);
+void MaybeKill(const std::vector<FaultKey>& point);
 
 }  // namespace vlorch

@@ -1,0 +1,126 @@
+// Committed checkpoints (docs/checkpoints.md).
+//
+// One checkpoint is one directory `<dir>/step-NNNNNNNN/`:
+//   model.safetensors      every parameter, Hugging Face names
+//   optimizer.safetensors  "<param>.exp_avg" / "<param>.exp_avg_sq"; metadata "steps"
+//   trainer_state.json     step, data cursor, RNG state, schedule position, layout, counters
+//   manifest.json          written last: format, stage, step, and every file's size and CRC32C
+//
+// Commit protocol (LevelDB's SetCurrentFile, per directory):
+//   1. write every file into `<dir>/.tmp-step-NNNNNNNN/`, fsync each
+//   2. write manifest.json there, fsync it, fsync the directory
+//   3. rename the directory to `step-NNNNNNNN`, fsync `<dir>`
+//   4. write `latest.tmp` naming it, fsync, rename to `latest`, fsync `<dir>`
+//   5. delete committed checkpoints beyond the newest `keep`
+// A crash before 3 leaves a .tmp directory that the next CheckpointManager removes; a crash
+// after 3 leaves a complete checkpoint that FindLatest verifies and uses even if `latest` still
+// names the previous one.
+//
+// Asynchronous saves: Save() copies the tensors to host memory (the only cost the training
+// step pays) and a background thread does steps 1-5. A second Save() first waits for the
+// previous one. The bytes are those a synchronous save writes.
+//
+// Thread safety: one thread calls Save/Wait; the writer thread is internal.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "common/status.h"
+
+namespace vlorch::checkpoint {
+
+using NamedTensors = std::vector<std::pair<std::string, torch::Tensor>>;
+
+struct CheckpointPayload {
+  NamedTensors model;
+  NamedTensors optimizer;
+  std::map<std::string, std::string> optimizer_metadata;
+  std::string trainer_state_json;
+};
+
+struct CheckpointOptions {
+  // Committed checkpoints kept; older ones are deleted after each commit. Default 3.
+  int keep = 3;
+  // Write in a background thread. Default true.
+  bool async = true;
+  // fsync files and directories (off only in benchmarks measuring the page cache). Default true.
+  bool fsync = true;
+  // Reported to VLORCH_FAULT kill points ("rank" key). Default 0.
+  int rank = 0;
+  // Stage name written into the manifest.
+  std::string stage;
+};
+
+struct ManifestFile {
+  std::string name;
+  uint64_t bytes = 0;
+  uint32_t crc32c = 0;
+};
+
+struct CheckpointManifest {
+  static constexpr int kVersion = 1;
+  std::string stage;
+  int64_t step = 0;
+  std::vector<ManifestFile> files;
+};
+
+struct SaveStats {
+  double snapshot_seconds = 0;  // paid by the training step
+  double write_seconds = 0;     // background
+  uint64_t bytes = 0;
+};
+
+class CheckpointManager {
+ public:
+  // `dir` is created if needed; stale .tmp-* directories in it are removed.
+  static StatusOr<std::unique_ptr<CheckpointManager>> Open(const std::string& dir, const CheckpointOptions& options);
+  ~CheckpointManager();  // waits for a save in flight
+
+  // Snapshots `payload` and commits it as step `step` (now, or in the background).
+  Status Save(int64_t step, const CheckpointPayload& payload);
+  // Waits for the save in flight; its result (OK when none).
+  Status Wait();
+  SaveStats last_stats();
+  const std::string& dir() const { return dir_; }
+
+ private:
+  CheckpointManager(std::string dir, const CheckpointOptions& options) : dir_(std::move(dir)), options_(options) {}
+  Status Write(int64_t step, const CheckpointPayload& snapshot, SaveStats* stats);
+
+  std::string dir_;
+  CheckpointOptions options_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::thread writer_;
+  bool busy_ = false;
+  Status result_;
+  SaveStats stats_;
+};
+
+struct FoundCheckpoint {
+  std::string path;
+  CheckpointManifest manifest;
+};
+
+// The newest committed checkpoint in `dir` whose manifest and files verify, or nullopt when
+// there is none. Each damaged or partial one passed over is described in *skipped ("step-
+// 00000040: model.safetensors has CRC32C 0x... but the manifest says 0x...").
+StatusOr<std::optional<FoundCheckpoint>> FindLatest(const std::string& dir, std::vector<std::string>* skipped);
+
+// Verifies one checkpoint directory against its manifest.
+StatusOr<CheckpointManifest> VerifyCheckpoint(const std::string& path);
+
+// Reads a safetensors file of the checkpoint into host tensors (name order).
+StatusOr<NamedTensors> ReadTensors(const std::string& file, std::map<std::string, std::string>* metadata);
+
+}  // namespace vlorch::checkpoint
