@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 
+#include "common/logging.h"
 #include "sharding/shard_store.h"
 
 namespace vlorch::dataflow {
@@ -44,9 +45,18 @@ struct DataPipeline::Rep {
 
   StatusOr<PipelineBatch> Build(const std::vector<SourceSample>& plan, const Cursor& after) {
     std::vector<CollateInput> inputs;
-    uint64_t rejected = 0;
+    uint64_t rejected = 0, corrupt = 0;
     for (const SourceSample& s : plan) {
-      ASSIGN_OR_RETURN(sharding::Sample sample, stores[s.source]->Get(s.index, /*with_image=*/true));
+      auto got = stores[s.source]->Get(s.index, /*with_image=*/true);
+      if (!got.ok() && got.status().code() == StatusCode::kCorruption) {
+        // A damaged record (checksum mismatch, missing image) costs this sample only; the
+        // store stays usable and `vlorch shards verify` lists what is damaged.
+        VLOG_WARNING("skipping sample {} of {}: {}", s.index, options.stores[s.source], got.status().message());
+        ++corrupt;
+        continue;
+      }
+      if (!got.ok()) return got.status();
+      sharding::Sample sample = std::move(got).value();
       auto enc = EncodeSample(options.prompt_template, *options.tokenizer, sample.record, options.max_len);
       if (!enc.ok()) {
         ++rejected;
@@ -67,6 +77,7 @@ struct DataPipeline::Rep {
     }
     std::lock_guard<std::mutex> lock(mu);
     metrics.skipped_samples += rejected;
+    metrics.corrupt_samples += corrupt;
     metrics.skipped_images += out.batch.skipped_images;
     metrics.samples += out.batch.keys.size();
     return out;

@@ -11,8 +11,9 @@
 // batches the first would have produced.
 //
 // Samples whose image does not decode, whose template does not apply, or whose prompt alone
-// exceeds max_len are skipped and counted (the batch is that much smaller), never fatal. A
-// damaged store (Corruption) is an error from Next().
+// exceeds max_len are skipped and counted (the batch is that much smaller), never fatal. So
+// is a damaged record (a checksum mismatch, a missing image blob): it is logged with its store
+// and index and counted in `corrupt_samples`. Other store errors (I/O) come from Next().
 #pragma once
 
 #include <memory>
@@ -48,6 +49,7 @@ struct PipelineOptions {
 struct PipelineMetrics {
   uint64_t batches = 0, samples = 0;
   uint64_t skipped_images = 0, skipped_samples = 0;  // undecodable images; template/length rejects
+  uint64_t corrupt_samples = 0;                      // damaged records skipped
   int queue_depth = 0;        // batches ready now
   double wait_seconds = 0;    // time Next() spent waiting: the trainer starved
   double samples_per_second = 0;

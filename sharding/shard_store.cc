@@ -2,6 +2,8 @@
 
 #include <sys/stat.h>
 
+#include <filesystem>
+
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <rocksdb/db.h>
@@ -102,6 +104,11 @@ StatusOr<std::unique_ptr<ShardStore>> ShardStore::Open(const std::string& dir, c
   if (!exists && (options.read_only || !options.create_if_missing))
     return NotFoundError(fmt::format("no shard store at '{}' (create one with `vlorch shards ingest ... --store {}`)",
                                      dir, dir));
+  if (!exists) {
+    // RocksDB creates the store's directory but not its parents ("data/store").
+    std::error_code ec;
+    std::filesystem::create_directories(std::filesystem::path(dir).parent_path(), ec);
+  }
   rocksdb::DBOptions dbo;
   dbo.create_if_missing = !options.read_only && options.create_if_missing;
   dbo.create_missing_column_families = !options.read_only;

@@ -1,9 +1,12 @@
 // vlorch-worker: what mpirun starts on every rank.
 //
 //   mpirun -np 4 vlorch-worker check-comm --tp 2      verify MPI/NCCL and the mesh groups
+//   mpirun -np 2 vlorch-worker --job job.yaml [--stage NAME] [--run-dir DIR]
+//                                                     train one stage (or every stage in order)
 //
-// Exit codes (docs/cli.md): 0 success, 2 bad input (flags, layout), 3 a failure worth
-// restarting (communication, timeout, lost peer).
+// Exit codes (docs/cli.md): 0 success (or preempted by SIGTERM after committing a checkpoint;
+// --preempted-exit-code changes that), 2 bad input (flags, spec, layout, weights), 3 a failure
+// worth restarting (communication, timeout, lost peer, I/O).
 #include <cstdio>
 #include <string>
 
@@ -13,7 +16,9 @@
 #include "common/logging.h"
 #include "worker/comm/device_mesh.h"
 #include "worker/comm/mpi_runtime.h"
+#include "jobs/job_spec.h"
 #include "worker/comm_check.h"
+#include "worker/train/stage_runner.h"
 
 namespace {
 
@@ -59,11 +64,70 @@ int RunCheckComm(const vlorch::ParallelLayout& layout, const std::string& backen
   return 0;
 }
 
+int RunTraining(const std::string& job_path, const std::string& stage, const vlorch::train::StageRunOptions& options,
+                double timeout_s, int preempted_exit_code) {
+  auto job = vlorch::LoadJobSpec(job_path);
+  if (!job.ok()) {
+    VLOG_ERROR("{}", job.status().ToString());
+    return ExitCodeFor(job.status());
+  }
+  vlorch::comm::DeviceMeshOptions mo;
+  mo.comm.timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000));
+  auto mesh = vlorch::comm::DeviceMesh::Create(job->layout, mo);
+  if (!mesh.ok()) {
+    VLOG_ERROR("{}: {}", job_path, mesh.status().ToString());
+    return ExitCodeFor(mesh.status());
+  }
+  vlorch::train::InstallPreemptionHandler();
+  std::vector<std::string> stages;
+  if (!stage.empty()) stages.push_back(stage);
+  else for (const auto& s : job->stages) stages.push_back(s.name);
+  for (const auto& name : stages) {
+    auto r = vlorch::train::RunStage(*job, name, **mesh, options);
+    if (!r.ok()) {
+      VLOG_ERROR("stage '{}' FAILED: {}", name, r.status().ToString());
+      return ExitCodeFor(r.status());
+    }
+    if ((*mesh)->rank() == 0) {
+      switch (r->outcome) {
+        case vlorch::train::StageOutcome::kAlreadyDone:
+          std::printf("stage '%s' is already done (%lld steps, %s)\n", name.c_str(), static_cast<long long>(r->steps),
+                      r->checkpoint.c_str());
+          break;
+        case vlorch::train::StageOutcome::kDone:
+          std::printf("stage '%s' done: %lld steps, loss %.4f, mean step %.1f ms, checkpoint %s\n", name.c_str(),
+                      static_cast<long long>(r->steps), r->last_loss, r->mean_step_seconds * 1e3, r->checkpoint.c_str());
+          break;
+        case vlorch::train::StageOutcome::kPreempted:
+          std::printf("stage '%s' preempted after step %lld; committed %s\n", name.c_str(),
+                      static_cast<long long>(r->steps), r->checkpoint.c_str());
+          break;
+      }
+      std::fflush(stdout);
+    }
+    if (r->outcome == vlorch::train::StageOutcome::kPreempted) return preempted_exit_code;
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"vlorch-worker: one rank of a vlorch job (started by mpirun)"};
-  app.require_subcommand(1);
+  app.require_subcommand(0, 1);
+
+  std::string job_path, stage;
+  vlorch::train::StageRunOptions run;
+  int preempted_exit_code = 0;
+  double train_timeout_s = 300;
+  app.add_option("--job", job_path, "job spec (YAML) to train");
+  app.add_option("--stage", stage, "the stage to run (default: every stage in order, skipping finished ones)");
+  app.add_option("--run-dir", run.run_dir, "run directory (default: the spec's run_dir)");
+  app.add_flag("--trace-samples", run.trace_samples, "write every trained sample's key to <stage>/trace/rank-R.tsv");
+  app.add_option("--max-steps", run.max_steps, "stop the stage after this many steps in total (0: its own length)");
+  app.add_option("--preempted-exit-code", preempted_exit_code, "exit code after a SIGTERM stop (default 0)");
+  app.add_option("--collective-timeout", train_timeout_s, "seconds before a collective counts as hung")
+      ->capture_default_str();
 
   vlorch::ParallelLayout layout;
   std::string backend = "mpi";
@@ -92,7 +156,10 @@ int main(int argc, char** argv) {
   log.rank = (*session)->world_rank();
   vlorch::InitLogging(log);
 
-  int rc = 0;
-  if (app.got_subcommand(cc)) rc = RunCheckComm(layout, backend, timeout_s, check);
-  return rc;
+  if (app.got_subcommand(cc)) return RunCheckComm(layout, backend, timeout_s, check);
+  if (job_path.empty()) {
+    if (log.rank == 0) std::fprintf(stderr, "vlorch-worker: give --job job.yaml to train, or a subcommand (see --help)\n");
+    return kExitBadInput;
+  }
+  return RunTraining(job_path, stage, run, train_timeout_s, preempted_exit_code);
 }
