@@ -9,6 +9,12 @@
 namespace vlorch {
 namespace {
 
+// The signal a matching point raises.
+int& Action() {
+  static int signal = SIGKILL;
+  return signal;
+}
+
 // Parsed once: "kill:a=1:b=2" -> {a:1, b:2}; empty when unset or not a kill spec.
 const std::map<std::string, std::string>& Spec() {
   static const std::map<std::string, std::string> spec = [] {
@@ -16,10 +22,11 @@ const std::map<std::string, std::string>& Spec() {
     const char* env = std::getenv("VLORCH_FAULT");
     if (env == nullptr) return out;
     std::string s(env);
-    if (s.rfind("kill:", 0) != 0) {
-      std::fprintf(stderr, "vlorch: ignoring VLORCH_FAULT=%s (expected kill:key=value[:key=value...])\n", env);
+    if (s.rfind("kill:", 0) != 0 && s.rfind("term:", 0) != 0) {
+      std::fprintf(stderr, "vlorch: ignoring VLORCH_FAULT=%s (expected kill|term:key=value[:key=value...])\n", env);
       return out;
     }
+    Action() = s[0] == 'k' ? SIGKILL : SIGTERM;
     std::stringstream ss(s.substr(5));
     std::string part;
     while (std::getline(ss, part, ':')) {
@@ -45,9 +52,10 @@ void MaybeKill(const std::vector<FaultKey>& point) {
     ++matched;
   }
   if (matched != spec.size()) return;
-  std::fprintf(stderr, "vlorch: VLORCH_FAULT kill point reached, sending SIGKILL to self\n");
+  std::fprintf(stderr, "vlorch: VLORCH_FAULT point reached, sending %s to self\n",
+               Action() == SIGKILL ? "SIGKILL" : "SIGTERM");
   std::fflush(stderr);
-  std::raise(SIGKILL);
+  std::raise(Action());
 }
 
 }  // namespace vlorch

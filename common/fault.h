@@ -5,10 +5,12 @@
 //   VLORCH_FAULT=kill:rank=0:step=6:during=checkpoint-write
 //                                             (worker) rank 0 halfway through writing the
 //                                             checkpoint of step 6
+//   VLORCH_FAULT=term:rank=0:step=3           SIGTERM instead (a preemption notice), once
 //
 // A point fires when every key=value of the spec equals a value the code reports there;
 // keys the spec names that the point does not report make it not match. The process then
-// kills itself with SIGKILL, exactly like `kill -9` from outside, at a deterministic place.
+// kills itself with SIGKILL, exactly like `kill -9` from outside, at a deterministic place
+// ("kill:"), or sends itself SIGTERM as Slurm does before preemption ("term:").
 #pragma once
 
 #include <cstdint>
