@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
-# The demo: installs the dependencies, builds vlorch, and runs the default job under mpirun
-# on this machine. Until the training pieces land, the job is the communication self-check:
-# two ranks build a device mesh and verify every collective on every group, then time an
-# all-reduce.
+# The demo: installs the dependencies, builds vlorch, makes a small captioned-JPEG dataset
+# (img2dataset layout), ingests it into a shard store, and trains the tiny vision-language job
+# of ops/demo/tiny-vl.yaml under `mpirun -np 2` (two stages: full training, then a projector
+# stage initialised from the first). Everything lands in ${VLORCH_DEMO_DIR:-demo-run}; running
+# the demo again resumes (finished stages are not re-run) — delete the directory to start over.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bash "$root/ops/install-deps.sh"
 bash "$root/ops/build.sh"
 build="${VLORCH_BUILD_DIR:-$root/build}"
 np="${VLORCH_DEMO_NP:-2}"
+dir="${VLORCH_DEMO_DIR:-$root/demo-run}"
 if [ "$np" -gt "$(nproc)" ]; then export VLORCH_OVERSUBSCRIBE=1; fi
-echo "demo: mpirun -np $np vlorch-worker check-comm"
-"$root/ops/mpirun.sh" -np "$np" "$build/worker/vlorch-worker" check-comm
+mkdir -p "$dir"
+cp "$root/ops/demo/tiny-vl.yaml" "$dir/job.yaml"
+if [ ! -f "$dir/data/store/CURRENT" ]; then
+  echo "demo: generating 400 captioned JPEGs (img2dataset layout) and ingesting them"
+  "$build/coordinator/vlorch" dev make-dataset --format img2dataset --out "$dir/data/src" --shards 4 \
+      --per-shard 100 --no-bad --min-px 32 --max-px 128
+  "$build/coordinator/vlorch" shards ingest --format img2dataset --store "$dir/data/store" "$dir"/data/src/*.tar
+fi
+echo "demo: mpirun -np $np vlorch-worker --job $dir/job.yaml"
+"$root/ops/mpirun.sh" -np "$np" "$build/worker/vlorch-worker" --job "$dir/job.yaml"
+echo "demo: checkpoints and metrics under $dir/run/stages/"
