@@ -125,6 +125,9 @@ int main(int argc, char** argv) {
   app.add_option("--run-dir", run.run_dir, "run directory (default: the spec's run_dir)");
   app.add_flag("--trace-samples", run.trace_samples, "write every trained sample's key to <stage>/trace/rank-R.tsv");
   app.add_option("--max-steps", run.max_steps, "stop the stage after this many steps in total (0: its own length)");
+  bool reduce_after_backward = false;
+  app.add_flag("--grad-reduce-after-backward", reduce_after_backward,
+               "reduce gradients after backward instead of overlapped with it (benchmark baseline)");
   app.add_option("--preempted-exit-code", preempted_exit_code, "exit code after a SIGTERM stop (default 0)");
   app.add_option("--collective-timeout", train_timeout_s, "seconds before a collective counts as hung")
       ->capture_default_str();
@@ -161,5 +164,6 @@ int main(int argc, char** argv) {
     if (log.rank == 0) std::fprintf(stderr, "vlorch-worker: give --job job.yaml to train, or a subcommand (see --help)\n");
     return kExitBadInput;
   }
+  run.overlap_grad_reduce = !reduce_after_backward;
   return RunTraining(job_path, stage, run, train_timeout_s, preempted_exit_code);
 }

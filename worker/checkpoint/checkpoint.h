@@ -18,7 +18,7 @@
 //
 // Asynchronous saves: Save() copies the tensors to host memory (the only cost the training
 // step pays) and a background thread does steps 1-5. A second Save() first waits for the
-// previous one. The bytes are those a synchronous save writes.
+// previous one and reuses its host buffers. The bytes are those a synchronous save writes.
 //
 // Thread safety: one thread calls Save/Wait; the writer thread is internal.
 #pragma once
@@ -105,6 +105,7 @@ class CheckpointManager {
   bool busy_ = false;
   Status result_;
   SaveStats stats_;
+  std::shared_ptr<CheckpointPayload> spare_;  // the last snapshot, reused by the next Save
 };
 
 struct FoundCheckpoint {

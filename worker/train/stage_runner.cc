@@ -518,6 +518,23 @@ StatusOr<StageResult> StageRun::Run() {
     result.mean_comm_seconds = comm_sum_ / static_cast<double>(steps_run_ - 1);
   }
   if (stall_count_) result.mean_checkpoint_stall_seconds = stall_sum_ / static_cast<double>(stall_count_);
+  if (rank0_) {
+    // This process's timings, for ops/bench and for users comparing runs.
+    nlohmann::json j;
+    j["steps_run"] = steps_run_;
+    j["mean_step_seconds"] = result.mean_step_seconds;
+    j["mean_comm_seconds"] = result.mean_comm_seconds;
+    j["mean_exposed_comm_seconds"] = result.mean_exposed_comm_seconds;
+    j["mean_checkpoint_stall_seconds"] = result.mean_checkpoint_stall_seconds;
+    j["checkpoints_saved"] = stall_count_;
+    if (reducer_) j["grad_bytes_per_step"] = reducer_->stats().bytes, j["grad_buckets"] = reducer_->stats().buckets;
+    if (checkpoints_) {
+      const checkpoint::SaveStats cs = checkpoints_->last_stats();
+      j["last_checkpoint_bytes"] = cs.bytes;
+      j["last_checkpoint_write_seconds"] = cs.write_seconds;
+    }
+    std::ofstream(fs::path(stage_dir_) / "summary.json") << j.dump(2) << "\n";
+  }
   if (stop && step_ < total_steps_) {
     result.outcome = StageOutcome::kPreempted;
     if (rank0_) VLOG_INFO("stage '{}': stopped by SIGTERM after step {}; committed {}", stage_.name, step_, last_checkpoint_);
