@@ -346,14 +346,7 @@ StatusOr<NamedTensors> ReadTensors(const std::string& file, std::map<std::string
   NamedTensors out;
   try {
     for (const auto& v : f->tensors()) {
-      torch::ScalarType t;
-      switch (v.dtype) {
-        case safetensors::Dtype::kF32: t = torch::kFloat32; break;
-        case safetensors::Dtype::kBF16: t = torch::kBFloat16; break;
-        case safetensors::Dtype::kF16: t = torch::kFloat16; break;
-        case safetensors::Dtype::kI64: t = torch::kInt64; break;
-        default: t = torch::kFloat32;
-      }
+      ASSIGN_OR_RETURN(torch::ScalarType t, models::TorchDtype(v.dtype));
       ASSIGN_OR_RETURN(torch::Tensor x, models::ToTensor(v, t));
       out.emplace_back(v.name, std::move(x));
     }

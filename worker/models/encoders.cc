@@ -27,15 +27,13 @@ torch::Tensor Attend(const torch::Tensor& q, const torch::Tensor& k, const torch
   return torch::matmul(torch::softmax(scores, -1), v);
 }
 
-namespace {
-// [N, L, H*d] -> [N, H, L, d]
 torch::Tensor SplitHeads(const torch::Tensor& x, int heads) {
   return x.view({x.size(0), x.size(1), heads, x.size(2) / heads}).transpose(1, 2);
 }
+
 torch::Tensor MergeHeads(const torch::Tensor& x) {
   return x.transpose(1, 2).contiguous().view({x.size(0), x.size(2), x.size(1) * x.size(3)});
 }
-}  // namespace
 
 // ---- vision ----
 

@@ -10,13 +10,6 @@
 namespace vlorch::models {
 namespace {
 
-torch::Tensor SplitHeads(const torch::Tensor& x, int heads) {
-  return x.view({x.size(0), x.size(1), heads, x.size(2) / heads}).transpose(1, 2);
-}
-torch::Tensor MergeHeads(const torch::Tensor& x) {
-  return x.transpose(1, 2).contiguous().view({x.size(0), x.size(2), x.size(1) * x.size(3)});
-}
-
 // Position of every token among the real tokens of its row (0-based); padding gets -1.
 torch::Tensor PositionsFromMask(const torch::Tensor& attention_mask) {
   return (attention_mask.cumsum(1) * attention_mask) - 1;

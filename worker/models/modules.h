@@ -13,6 +13,10 @@ namespace vlorch::models {
 // token), the dtype's lowest value elsewhere.
 torch::Tensor CausalPaddingBias(const torch::Tensor& attention_mask, torch::ScalarType dtype);
 
+// [N, L, H*d] <-> [N, H, L, d]
+torch::Tensor SplitHeads(const torch::Tensor& x, int heads);
+torch::Tensor MergeHeads(const torch::Tensor& x);
+
 // softmax(q k^T * scale + bias) v over [B, H, L, d] tensors; bias may be undefined.
 torch::Tensor Attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale,
                      const torch::Tensor& bias);

@@ -54,20 +54,24 @@ StatusOr<safetensors::Dtype> SafetensorsDtype(torch::ScalarType dtype) {
   }
 }
 
-StatusOr<torch::Tensor> ToTensor(const safetensors::TensorView& view, torch::ScalarType dtype) {
-  torch::ScalarType src;
-  switch (view.dtype) {
-    case safetensors::Dtype::kF32: src = torch::kFloat32; break;
-    case safetensors::Dtype::kF16: src = torch::kFloat16; break;
-    case safetensors::Dtype::kBF16: src = torch::kBFloat16; break;
-    case safetensors::Dtype::kF64: src = torch::kFloat64; break;
-    case safetensors::Dtype::kI64: src = torch::kInt64; break;
-    case safetensors::Dtype::kI32: src = torch::kInt32; break;
-    case safetensors::Dtype::kU8: src = torch::kUInt8; break;
+StatusOr<torch::ScalarType> TorchDtype(safetensors::Dtype dtype) {
+  switch (dtype) {
+    case safetensors::Dtype::kF32: return torch::kFloat32;
+    case safetensors::Dtype::kF16: return torch::kFloat16;
+    case safetensors::Dtype::kBF16: return torch::kBFloat16;
+    case safetensors::Dtype::kF64: return torch::kFloat64;
+    case safetensors::Dtype::kI64: return torch::kInt64;
+    case safetensors::Dtype::kI32: return torch::kInt32;
+    case safetensors::Dtype::kU8: return torch::kUInt8;
     default:
-      return InvalidArgumentError(fmt::format("tensor {} has dtype {}, which vlorch cannot load", view.name,
-                                              safetensors::DtypeName(view.dtype)));
+      return InvalidArgumentError(fmt::format("dtype {} cannot be loaded by vlorch", safetensors::DtypeName(dtype)));
   }
+}
+
+StatusOr<torch::Tensor> ToTensor(const safetensors::TensorView& view, torch::ScalarType dtype) {
+  auto src_or = TorchDtype(view.dtype);
+  if (!src_or.ok()) return src_or.status().WithContext(fmt::format("tensor {}", view.name));
+  const torch::ScalarType src = *src_or;
   torch::Tensor t = torch::empty(view.shape, torch::TensorOptions().dtype(src));
   if (view.nbytes) std::memcpy(t.data_ptr(), view.data, view.nbytes);  // the view may be unaligned
   return src == dtype ? t : t.to(dtype);

@@ -7,7 +7,7 @@
 // is changed and the error lists the missing, unexpected and mis-shaped names (up to 20 of
 // each, with counts) and the file each came from. A tensor stored in another floating dtype
 // (F16, BF16, F64) is converted to the parameter's dtype. "lm_head.weight" in a file is
-// accepted for a model that ties its LM head, if it equals the input embedding.
+// ignored for a model that ties its LM head (the input embedding is the head).
 #pragma once
 
 #include <string>
@@ -35,5 +35,7 @@ StatusOr<std::vector<std::string>> WeightFiles(const std::string& path);
 // A host tensor viewing / copying a safetensors tensor, converted to `dtype`.
 StatusOr<torch::Tensor> ToTensor(const safetensors::TensorView& view, torch::ScalarType dtype);
 StatusOr<safetensors::Dtype> SafetensorsDtype(torch::ScalarType dtype);
+// The LibTorch dtype of a safetensors dtype; InvalidArgument for those vlorch does not load.
+StatusOr<torch::ScalarType> TorchDtype(safetensors::Dtype dtype);
 
 }  // namespace vlorch::models
