@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "common/durable_file.h"
 #include "common/fault.h"
 #include "common/hash.h"
 #include "common/logging.h"
@@ -29,39 +30,6 @@ std::string StepName(int64_t step) { return fmt::format("step-{:08d}", step); }
 
 double Since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-Status FsyncPath(const std::string& path, bool directory) {
-  int fd = ::open(path.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
-  if (fd < 0) return ErrnoError("open for fsync", path, errno);
-  int rc = ::fsync(fd);
-  int err = errno;
-  ::close(fd);
-  if (rc != 0) return ErrnoError("fsync", path, err);
-  return Status::OK();
-}
-
-Status WriteSmallFile(const std::string& path, const std::string& data, bool sync) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return ErrnoError("create", path, errno);
-  size_t off = 0;
-  while (off < data.size()) {
-    ssize_t n = ::write(fd, data.data() + off, data.size() - off);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      int err = errno;
-      ::close(fd);
-      return ErrnoError("write", path, err);
-    }
-    off += static_cast<size_t>(n);
-  }
-  if (sync && ::fsync(fd) != 0) {
-    int err = errno;
-    ::close(fd);
-    return ErrnoError("fsync", path, err);
-  }
-  if (::close(fd) != 0) return ErrnoError("close", path, errno);
-  return Status::OK();
 }
 
 // Size and CRC32C of a file, read back in 4 MiB blocks (from the page cache just after writing).
@@ -270,20 +238,16 @@ Status CheckpointManager::Write(int64_t step, const CheckpointPayload& snap, Sav
   RETURN_IF_ERROR(write_tensors("optimizer.safetensors", snap.optimizer, snap.optimizer_metadata));
   {
     const std::string path = (fs::path(tmp) / "trainer_state.json").string();
-    RETURN_IF_ERROR(WriteSmallFile(path, snap.trainer_state_json, options_.fsync));
+    RETURN_IF_ERROR(WriteFileDurably(path, snap.trainer_state_json, options_.fsync));
     ASSIGN_OR_RETURN(ManifestFile mf, Describe(path, "trainer_state.json"));
     manifest.files.push_back(mf);
   }
-  RETURN_IF_ERROR(WriteSmallFile((fs::path(tmp) / kManifest).string(), ManifestJson(manifest), options_.fsync));
+  RETURN_IF_ERROR(WriteFileDurably((fs::path(tmp) / kManifest).string(), ManifestJson(manifest), options_.fsync));
   if (options_.fsync) RETURN_IF_ERROR(FsyncPath(tmp, true));
   fs::rename(tmp, final_dir, ec);
   if (ec) return IOError(fmt::format("cannot rename {} to {}: {}", tmp, final_dir, ec.message()));
   if (options_.fsync) RETURN_IF_ERROR(FsyncPath(dir_, true));
-  const std::string latest_tmp = (fs::path(dir_) / "latest.tmp").string();
-  RETURN_IF_ERROR(WriteSmallFile(latest_tmp, name + "\n", options_.fsync));
-  fs::rename(latest_tmp, fs::path(dir_) / "latest", ec);
-  if (ec) return IOError(fmt::format("cannot update {}/latest: {}", dir_, ec.message()));
-  if (options_.fsync) RETURN_IF_ERROR(FsyncPath(dir_, true));
+  RETURN_IF_ERROR(WriteFileAtomically((fs::path(dir_) / "latest").string(), name + "\n", options_.fsync));
   for (const auto& f : manifest.files) stats->bytes += f.bytes;
 
   // Retention: the newest `keep` committed checkpoints stay.

@@ -1,8 +1,6 @@
 #include "worker/train/stage_runner.h"
 
 #include <ATen/CPUGeneratorImpl.h>
-#include <fcntl.h>
-#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -15,6 +13,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "common/durable_file.h"
 #include "common/fault.h"
 #include "common/logging.h"
 #include "dataflow/byte_tokenizer.h"
@@ -55,25 +54,6 @@ StatusOr<std::vector<uint8_t>> Unhex(const std::string& s) {
     out[i] = static_cast<uint8_t>(v(s[2 * i]) * 16 + v(s[2 * i + 1]));
   }
   return out;
-}
-
-Status WriteFileAtomically(const std::string& path, const std::string& data) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << data;
-    out.flush();
-    if (!out) return IOError(fmt::format("cannot write {}", tmp));
-  }
-  int fd = ::open(tmp.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd >= 0) {
-    ::fsync(fd);
-    ::close(fd);
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) return IOError(fmt::format("cannot rename {} to {}: {}", tmp, path, ec.message()));
-  return Status::OK();
 }
 
 struct Tokenization {

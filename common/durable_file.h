@@ -1,0 +1,22 @@
+// Durable small-file writes: the primitives of every commit protocol in vlorch (checkpoint
+// manifests and `latest`, stage state). LevelDB's SetCurrentFile pattern: write a temporary
+// file, fsync it, rename it over the target, fsync the directory.
+#pragma once
+
+#include <string>
+
+#include "common/status.h"
+
+namespace vlorch {
+
+// Creates or truncates `path` with `data`; fsyncs it when `sync`.
+Status WriteFileDurably(const std::string& path, const std::string& data, bool sync);
+
+// Replaces `path` atomically: readers see the old content or the new, never a mix, also
+// after a crash. `sync` false skips the fsyncs (benchmarks of the page cache only).
+Status WriteFileAtomically(const std::string& path, const std::string& data, bool sync = true);
+
+// fsync of a file or directory by path.
+Status FsyncPath(const std::string& path, bool directory);
+
+}  // namespace vlorch
