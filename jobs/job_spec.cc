@@ -1,5 +1,7 @@
 #include "jobs/job_spec.h"
 
+#include "jobs/model_schema.h"
+
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -227,12 +229,30 @@ Status ReadData(MapReader& r, DataSpec* d) {
   });
 }
 
+Status ReadTransform(MapReader& r, TransformSpec* t) {
+  RETURN_IF_ERROR(r.GetChoice("kind", &t->kind, {"transfer_vpg"}));
+  if (t->kind.empty()) return r.Error(r.node(), r.Field("kind"), "missing; allowed: transfer_vpg");
+  RETURN_IF_ERROR(r.Get("from", &t->from));
+  if (t->from.empty()) return r.Error(r.node(), r.Field("from"), "missing; name the earlier stage whose checkpoint is the source");
+  RETURN_IF_ERROR(r.GetChoice("pairs", &t->pairs, {"auto", "shared_ids", "captions"}));
+  RETURN_IF_ERROR(r.GetRange<int64_t>("steps", &t->steps, 1, int64_t{1} << 40));
+  RETURN_IF_ERROR(r.GetRange("lr", &t->lr, 0.0, 10.0));
+  RETURN_IF_ERROR(r.GetRange<int64_t>("batch_size", &t->batch_size, 1, int64_t{1} << 30));
+  RETURN_IF_ERROR(r.GetRange<int64_t>("caption_samples", &t->caption_samples, 1, int64_t{1} << 40));
+  return r.GetRange<int64_t>("checkpoint_every", &t->checkpoint_every, 1, int64_t{1} << 40);
+}
+
 Status ReadStage(MapReader& r, StageSpec* st) {
   RETURN_IF_ERROR(r.Get("name", &st->name));
   if (st->name.empty()) return r.Error(r.node(), r.Field("name"), "every stage needs a name");
   for (char c : st->name)
     if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-'))
       return r.Error(r.node()["name"], r.Field("name"), "use letters, digits, '_' and '-' only (it names a directory)");
+  RETURN_IF_ERROR(r.Get("model", &st->model));
+  RETURN_IF_ERROR(r.Nested("data", [&](MapReader& s) {
+    st->data.emplace();
+    return ReadData(s, &*st->data);
+  }));
   RETURN_IF_ERROR(r.Nested("init", [&](MapReader& s) {
     RETURN_IF_ERROR(s.Get("stage", &st->init_stage));
     return s.NestedList("weights", [&](MapReader& w, size_t) {
@@ -244,6 +264,16 @@ Status ReadStage(MapReader& r, StageSpec* st) {
       return Status::OK();
     });
   }));
+  if (r.Has("transform")) {
+    // A transform stage trains nothing: training keys are left unread, so Finish() rejects them.
+    // Its `init` (a stage or weights) is where the target model starts; `transform.from` is the
+    // source.
+    RETURN_IF_ERROR(r.Nested("transform", [&](MapReader& s) {
+      st->transform.emplace();
+      return ReadTransform(s, &*st->transform);
+    }));
+    return Status::OK();
+  }
   RETURN_IF_ERROR(r.GetList("trainable", &st->trainable));
   if (st->trainable.empty())
     return r.Error(r.node(), r.Field("trainable"), "missing; list the parameter-name patterns this stage trains");
@@ -286,6 +316,94 @@ Status ReadStage(MapReader& r, StageSpec* st) {
     RETURN_IF_ERROR(s.GetRange("keep", &st->checkpoint.keep, 1, 1 << 20));
     return s.Get("async", &st->checkpoint.async);
   });
+}
+
+std::string ModelNames(const JobSpec& spec) {
+  std::vector<std::string> names;
+  for (const auto& m : spec.models) names.push_back(m.name);
+  return fmt::format("{}", fmt::join(names, ", "));
+}
+
+std::string Modules(const ModelConfig& m) {
+  std::vector<std::string> mods = {"vision_model"};
+  if (m.use_qformer) mods.insert(mods.end(), {"query_tokens", "qformer"});
+  mods.insert(mods.end(), {"language_projection", "language_model"});
+  return fmt::format("{}", fmt::join(mods, ", "));
+}
+
+bool SameShapes(const ModelConfig& a, const ModelConfig& b) {
+  const auto pa = ModelParameters(a), pb = ModelParameters(b);
+  if (pa.size() != pb.size()) return false;
+  for (size_t i = 0; i < pa.size(); ++i)
+    if (pa[i].name != pb[i].name || pa[i].shape != pb[i].shape) return false;
+  return true;
+}
+
+// Checks that need the whole spec: the model exists, patterns name parameters of it, an init
+// stage has the same parameters, and a transform's models have what it moves. `spec.stages`
+// holds the earlier stages.
+Status CheckStage(const JobSpec& spec, StageSpec& st, MapReader& r) {
+  if (st.model.empty()) {
+    if (spec.models.size() != 1)
+      return r.Error(r.node(), r.Field("model"), fmt::format("missing; the job defines models {}: name one", ModelNames(spec)));
+    st.model = spec.models[0].name;
+  }
+  const NamedModel* model = nullptr;
+  for (const auto& m : spec.models)
+    if (m.name == st.model) model = &m;
+  if (model == nullptr)
+    return r.Error(r.node()["model"], r.Field("model"), fmt::format("no model '{}'; the job defines: {}", st.model, ModelNames(spec)));
+  const std::vector<ParameterShape> params = ModelParameters(model->config);
+  auto check_pattern = [&](const std::string& pattern, const YAML::Node& at, const std::string& field) {
+    for (const auto& p : params)
+      if (MatchesGlob(pattern, p.name)) return Status::OK();
+    return r.Error(at, field, fmt::format("'{}' matches no parameter of model '{}' (its modules: {}); `vlorch job plan` "
+                                          "lists the parameters", pattern, st.model, Modules(model->config)));
+  };
+  for (size_t i = 0; i < st.trainable.size(); ++i)
+    RETURN_IF_ERROR(check_pattern(st.trainable[i], r.node()["trainable"][i], r.Field(fmt::format("trainable[{}]", i))));
+  for (size_t i = 0; i < st.lr_multipliers.size(); ++i)
+    RETURN_IF_ERROR(check_pattern(st.lr_multipliers[i].pattern, r.node()["lr_multipliers"][i],
+                                  r.Field(fmt::format("lr_multipliers[{}].pattern", i))));
+  if (!st.init_stage.empty()) {
+    const StageSpec* init = spec.FindStage(st.init_stage);
+    if (init->model != st.model && !SameShapes(spec.ModelOf(*init), model->config))
+      return r.Error(r.node()["init"], r.Field("init.stage"),
+                     fmt::format("stage '{}' trains model '{}', whose parameters differ from model '{}' here; go "
+                                 "through a transform stage (e.g. transfer_vpg) to change models",
+                                 init->name, init->model, st.model));
+  }
+  if (!st.transform) return Status::OK();
+  const TransformSpec& t = *st.transform;
+  const YAML::Node at = r.node()["transform"];
+  const std::string field = r.Field("transform.from");
+  const StageSpec* from = spec.FindStage(t.from);
+  if (from == nullptr)
+    return r.Error(at["from"], field, fmt::format("'{}' is not an earlier stage of this job", t.from));
+  const ModelConfig& src = spec.ModelOf(*from);
+  const ModelConfig& dst = model->config;
+  auto lacks = [&](const std::string& which, const std::string& name, const std::string& module) {
+    return r.Error(at, r.Field("transform"),
+                   fmt::format("transfer_vpg moves the {} but {} model '{}' has none (its modules: {})", module, which,
+                               name, Modules(which == "source" ? src : dst)));
+  };
+  if (!src.use_qformer) return lacks("source", from->model, "VPG (query_tokens, qformer)");
+  if (!dst.use_qformer) return lacks("target", st.model, "VPG (query_tokens, qformer)");
+  ModelConfig src_vpg = src, dst_vpg = dst;
+  src_vpg.llm = dst_vpg.llm = LlmConfig{};
+  src_vpg.projector = dst_vpg.projector = ProjectorConfig{};
+  if (!SameShapes(src_vpg, dst_vpg))
+    return r.Error(at, r.Field("transform"),
+                   fmt::format("models '{}' and '{}' differ in vision encoder or Q-Former; transfer_vpg copies them, "
+                               "so give both the same `vision` and `qformer`", from->model, st.model));
+  if (src.projector.kind != dst.projector.kind ||
+      (src.projector.kind != ProjectorKind::kLinear && src.projector.hidden != dst.projector.hidden) ||
+      (src.projector.kind != ProjectorKind::kLinear && src.projector.hidden == 0))
+    return r.Error(at, r.Field("transform"),
+                   fmt::format("transfer_vpg fuses the converter into the projector's last layer: the projectors of "
+                               "'{}' and '{}' must be the same kind, and for {} set the same non-zero `hidden`",
+                               from->model, st.model, ProjectorKindName(src.projector.kind)));
+  return Status::OK();
 }
 
 }  // namespace
@@ -340,6 +458,14 @@ const StageSpec* JobSpec::FindStage(const std::string& stage_name) const {
   return nullptr;
 }
 
+const ModelConfig& JobSpec::ModelOf(const StageSpec& stage) const {
+  for (const auto& m : models)
+    if (m.name == stage.model) return m.config;
+  return models.front().config;
+}
+
+const DataSpec& JobSpec::DataOf(const StageSpec& stage) const { return stage.data ? *stage.data : data; }
+
 std::string JobSpec::Resolve(const std::string& path) const {
   if (path.empty() || path[0] == '/') return path;
   return (std::filesystem::path(base_dir) / path).lexically_normal().string();
@@ -385,9 +511,24 @@ StatusOr<JobSpec> ParseJobSpec(const std::string& yaml_text, const std::string& 
     RETURN_IF_ERROR(r.Get("run_dir", &spec.run_dir));
     RETURN_IF_ERROR(r.Get("seed", &spec.seed));
     RETURN_IF_ERROR(r.GetRange("threads", &spec.threads, 1, 1024));
-    if (!r.Has("model")) return r.Error(root, "model", "missing");
-    RETURN_IF_ERROR(r.Nested("model", [&](MapReader& s) { return ReadModel(s, &spec.model); }));
-    if (!r.Has("data")) return r.Error(root, "data", "missing");
+    if (r.Has("model") == r.Has("models"))
+      return r.Error(root, "model", "give exactly one of `model` (one definition) and `models` (named definitions)");
+    if (r.Has("model")) {
+      spec.models.push_back({"model", {}});
+      RETURN_IF_ERROR(r.Nested("model", [&](MapReader& s) { return ReadModel(s, &spec.models.back().config); }));
+    } else {
+      const YAML::Node models = root["models"];
+      if (!models.IsMap() || models.size() == 0)
+        return r.Error(models, "models", "expected a mapping from model names to model definitions");
+      RETURN_IF_ERROR(r.Nested("models", [&](MapReader& s) {
+        for (auto it = models.begin(); it != models.end(); ++it) {
+          const std::string name = it->first.as<std::string>("");
+          spec.models.push_back({name, {}});
+          RETURN_IF_ERROR(s.Nested(name, [&](MapReader& m) { return ReadModel(m, &spec.models.back().config); }));
+        }
+        return Status::OK();
+      }));
+    }
     RETURN_IF_ERROR(r.Nested("data", [&](MapReader& s) { return ReadData(s, &spec.data); }));
     RETURN_IF_ERROR(r.Nested("layout", [&](MapReader& s) {
       RETURN_IF_ERROR(s.GetRange("dp", &spec.layout.dp, 0, 1 << 20));
@@ -402,11 +543,16 @@ StatusOr<JobSpec> ParseJobSpec(const std::string& yaml_text, const std::string& 
       if (!st.init_stage.empty() && !earlier.count(st.init_stage))
         return s.Error(s.node()["init"], s.Field("init.stage"),
                        fmt::format("'{}' is not an earlier stage of this job", st.init_stage));
+      RETURN_IF_ERROR(CheckStage(spec, st, s));
       earlier.insert(st.name);
       spec.stages.push_back(std::move(st));
       return Status::OK();
     }));
     if (spec.stages.empty()) return r.Error(root, "stages", "missing; a job needs at least one stage");
+    for (size_t i = 0; i < spec.stages.size(); ++i)
+      if (!r.Has("data") && !spec.stages[i].data)
+        return r.Error(root["stages"][i], fmt::format("stages[{}].data", i),
+                       "missing; give the job a `data` section or this stage its own");
     RETURN_IF_ERROR(r.Finish());
   } catch (const YAML::Exception& e) {
     return InvalidArgumentError(fmt::format("{}: {}", source_name, e.what()));

@@ -69,9 +69,36 @@ struct CheckpointSpec {
   bool async = true;        // write in a background thread
 };
 
+// A transform stage: instead of training, it builds its stage's model from an earlier
+// stage's sealed checkpoint and commits the result as its own checkpoint (docs/job-spec.md).
+// Transforms are resumable: their own work is checkpointed under the stage's directory.
+struct TransformSpec {
+  // "transfer_vpg" (VPGTrans). Later: upcycle_moe, add_adapters, add_lora.
+  std::string kind;
+  // The earlier stage whose sealed checkpoint (and model definition) is the source.
+  std::string from;
+  // transfer_vpg: how source and target token embeddings are paired to fit the converter.
+  //   auto        shared_ids when both stages use the same tokenizer, captions otherwise (default)
+  //   shared_ids  token id i of the source with token id i of the target
+  //   captions    tokens at the same position in captions both tokenizers split into the
+  //               same number of tokens (from this stage's data)
+  std::string pairs = "auto";
+  int64_t steps = 300;          // converter optimisation steps (Adam, loss 1 - cos)
+  double lr = 1e-3;
+  int64_t batch_size = 4096;    // pairs per step, over all ranks
+  int64_t caption_samples = 20000;  // captions read to find pairs (captions mode)
+  int64_t checkpoint_every = 50;    // converter checkpoints (resume after a kill)
+};
+
 struct StageSpec {
   std::string name;
-  std::string init_stage;             // start from this earlier stage's final checkpoint
+  // The model definition this stage trains (a key of `models`; "model" when the job has a
+  // single `model`). Filled in by the parser: never empty after it.
+  std::string model;
+  // Data for this stage instead of the job's `data` (e.g. another tokenizer for another LLM).
+  std::optional<DataSpec> data;
+  std::optional<TransformSpec> transform;
+  std::string init_stage;             // start from this earlier stage's sealed checkpoint
   std::vector<WeightsSpec> init_weights;
   std::vector<std::string> trainable;  // parameter-name globs; the rest is frozen
   std::vector<LrMultiplier> lr_multipliers;
@@ -86,13 +113,20 @@ struct StageSpec {
   int log_every = 1;
 };
 
+struct NamedModel {
+  std::string name;
+  ModelConfig config;
+};
+
 struct JobSpec {
   std::string name;
   std::string source;  // the file it was read from (for messages)
   std::string base_dir;  // relative paths in the spec are relative to this
   std::string run_dir;
   uint64_t seed = 0;
-  ModelConfig model;
+  // `model:` (one definition, named "model") or `models:` (several, e.g. the source and
+  // target of a VPG transfer), in file order.
+  std::vector<NamedModel> models;
   DataSpec data;
   ParallelLayout layout;
   int threads = 1;  // LibTorch intra-op threads per rank. Default 1 (ranks fill the cores).
@@ -100,13 +134,18 @@ struct JobSpec {
 
   // nullptr when there is no such stage.
   const StageSpec* FindStage(const std::string& name) const;
+  // The model and data a stage uses (the parser guarantees the model exists).
+  const ModelConfig& ModelOf(const StageSpec& stage) const;
+  const DataSpec& DataOf(const StageSpec& stage) const;
   // Resolves a path from the spec against base_dir.
   std::string Resolve(const std::string& path) const;
 };
 
 // Reads and validates a spec. InvalidArgument naming "file:line:col: field: problem" for an
 // unknown key, a wrong type, an out-of-range value, a stage whose init refers to a later or
-// unknown stage, or a duplicate stage name; NotFound when the file does not exist.
+// unknown stage, a duplicate stage name, an unknown model, a trainable or learning-rate
+// pattern that names no parameter of the stage's model, or a transform whose models lack
+// the modules it moves; NotFound when the file does not exist.
 StatusOr<JobSpec> LoadJobSpec(const std::string& path);
 StatusOr<JobSpec> ParseJobSpec(const std::string& yaml_text, const std::string& source_name,
                                const std::string& base_dir);

@@ -26,6 +26,63 @@ std::string Caption(std::mt19937_64& rng) {
   return s;
 }
 
+// A scene of the grounded captioning task: one shape of one colour on a plain background.
+struct Scene {
+  int fg, bg, shape, pos;
+};
+const char* const kColors[] = {"red", "green", "blue", "yellow", "white", "black"};
+const unsigned char kRgb[][3] = {{220, 30, 30}, {30, 180, 40}, {30, 60, 220}, {235, 220, 40}, {245, 245, 245}, {15, 15, 15}};
+const char* const kShapes[] = {"square", "circle", "bar", "cross"};
+const char* const kPositions[] = {"top left", "top right", "bottom left", "bottom right", "center"};
+
+Scene RandomScene(std::mt19937_64& rng) {
+  Scene s;
+  s.fg = static_cast<int>(rng() % 6);
+  s.bg = static_cast<int>((s.fg + 1 + rng() % 5) % 6);
+  s.shape = static_cast<int>(rng() % 4);
+  s.pos = static_cast<int>(rng() % 5);
+  return s;
+}
+
+std::string SceneCaption(const Scene& s) {
+  return fmt::format("a {} {} on a {} background at the {}", kColors[s.fg], kShapes[s.shape], kColors[s.bg],
+                     kPositions[s.pos]);
+}
+
+std::string EncodeRgbJpeg(const std::vector<unsigned char>& rgb, int width, int height) {
+  tjhandle h = tjInitCompress();
+  unsigned char* out = nullptr;
+  unsigned long size = 0;
+  tjCompress2(h, rgb.data(), width, 0, height, TJPF_RGB, &out, &size, TJSAMP_420, 85, 0);
+  std::string jpeg(reinterpret_cast<char*>(out), size);
+  tjFree(out);
+  tjDestroy(h);
+  return jpeg;
+}
+
+std::string RenderScene(const Scene& s, int width, int height) {
+  std::vector<unsigned char> rgb(static_cast<size_t>(width) * height * 3);
+  // The shape fills a box of half the shorter side, in one quadrant or the centre.
+  const int side = std::min(width, height) / 2;
+  const int cx = s.pos == 4 ? width / 2 : (s.pos % 2 == 0 ? width / 4 : 3 * width / 4);
+  const int cy = s.pos == 4 ? height / 2 : (s.pos < 2 ? height / 4 : 3 * height / 4);
+  for (int y = 0; y < height; ++y)
+    for (int x = 0; x < width; ++x) {
+      const int dx = x - cx, dy = y - cy, r = side / 2;
+      bool in = false;
+      switch (s.shape) {
+        case 0: in = std::abs(dx) <= r && std::abs(dy) <= r; break;
+        case 1: in = dx * dx + dy * dy <= r * r; break;
+        case 2: in = std::abs(dx) <= r && std::abs(dy) <= r / 3; break;
+        case 3: in = (std::abs(dx) <= r && std::abs(dy) <= r / 4) || (std::abs(dy) <= r && std::abs(dx) <= r / 4); break;
+      }
+      const unsigned char* c = kRgb[in ? s.fg : s.bg];
+      unsigned char* p = &rgb[(static_cast<size_t>(y) * width + x) * 3];
+      p[0] = c[0], p[1] = c[1], p[2] = c[2];
+    }
+  return EncodeRgbJpeg(rgb, width, height);
+}
+
 // mkdir -p
 Status MakeDir(const std::string& dir) {
   for (size_t pos = 1; pos <= dir.size(); ++pos) {
@@ -97,14 +154,7 @@ std::string EncodeTestJpeg(int width, int height, uint64_t seed) {
       p[1] = static_cast<unsigned char>(y * fy + (x ^ y));
       p[2] = static_cast<unsigned char>((x * y) >> 4);
     }
-  tjhandle h = tjInitCompress();
-  unsigned char* out = nullptr;
-  unsigned long size = 0;
-  tjCompress2(h, rgb.data(), width, 0, height, TJPF_RGB, &out, &size, TJSAMP_420, 85, 0);
-  std::string jpeg(reinterpret_cast<char*>(out), size);
-  tjFree(out);
-  tjDestroy(h);
-  return jpeg;
+  return EncodeRgbJpeg(rgb, width, height);
 }
 
 StatusOr<GeneratedDataset> MakeImg2Dataset(const Img2DatasetGenOptions& o) {
@@ -125,8 +175,15 @@ StatusOr<GeneratedDataset> MakeImg2Dataset(const Img2DatasetGenOptions& o) {
         if (shard == 0 && i == 0) first_key = key;
         int wpx = o.min_px + static_cast<int>(rng() % (o.max_px - o.min_px + 1));
         int hpx = o.min_px + static_cast<int>(rng() % (o.max_px - o.min_px + 1));
-        std::string jpg = EncodeTestJpeg(wpx, hpx, rng());
-        std::string caption = Caption(rng);
+        std::string jpg, caption;
+        if (o.grounded) {
+          const Scene scene = RandomScene(rng);
+          jpg = RenderScene(scene, wpx, hpx);
+          caption = SceneCaption(scene);
+        } else {
+          jpg = EncodeTestJpeg(wpx, hpx, rng());
+          caption = Caption(rng);
+        }
         nlohmann::json meta = {{"url", "http://example.com/" + key + ".jpg"}, {"caption", caption}, {"key", key},
                                {"status", "success"}, {"error_message", nullptr}, {"width", wpx},
                                {"height", hpx}, {"original_width", wpx * 2}, {"original_height", hpx * 2},
@@ -263,7 +320,8 @@ StatusOr<GeneratedDataset> MakeJsonl(const JsonlGenOptions& o) {
   std::mt19937_64 rng(o.seed);
   GeneratedDataset g;
   for (int i = 0; i < o.lines; ++i) {
-    std::string line = nlohmann::json({{"text", Caption(rng) + ". " + Caption(rng) + "."}}).dump();
+    std::string line = nlohmann::json({{"text", o.grounded ? SceneCaption(RandomScene(rng)) + ". " + SceneCaption(RandomScene(rng)) + "."
+                                                           : Caption(rng) + ". " + Caption(rng) + "."}}).dump();
     std::string reason;
     if (o.bad_cases) {
       switch (i) {

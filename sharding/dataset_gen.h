@@ -29,6 +29,9 @@ struct Img2DatasetGenOptions {
   int min_px = 64;          // image sides drawn from [min_px, max_px]
   int max_px = 320;
   int failed_downloads = 3;  // per shard, absent from the tar but counted in its stats file
+  // Captions that describe the image ("a red circle on a blue background at the top left"),
+  // so a model can learn to caption; default false (captions independent of the images).
+  bool grounded = false;
 };
 StatusOr<GeneratedDataset> MakeImg2Dataset(const Img2DatasetGenOptions& options);
 
@@ -37,6 +40,7 @@ struct JsonlGenOptions {
   int lines = 100;  // records, including bad ones
   uint64_t seed = 1;
   bool bad_cases = true;
+  bool grounded = false;  // texts in the grounded captions' language (see Img2DatasetGenOptions)
 };
 StatusOr<GeneratedDataset> MakeJsonl(const JsonlGenOptions& options);
 

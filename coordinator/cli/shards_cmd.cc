@@ -327,6 +327,7 @@ void AddShardsCommands(CLI::App& app, int* rc) {
     int shards = 2, per_shard = 100, lines = 100, min_px = 64, max_px = 320;
     uint64_t seed = 1;
     bool no_bad = false;
+    bool grounded = false;
   };
   auto ma = std::make_shared<MakeArgs>();
   auto* make = dev->add_subcommand("make-dataset", "write a synthetic dataset with real JPEGs and every bad case");
@@ -339,6 +340,8 @@ void AddShardsCommands(CLI::App& app, int* rc) {
   make->add_option("--min-px", ma->min_px, "smallest image side")->capture_default_str();
   make->add_option("--max-px", ma->max_px, "largest image side")->capture_default_str();
   make->add_flag("--no-bad", ma->no_bad, "only good records");
+  make->add_flag("--grounded", ma->grounded,
+                 "captions that describe the image (a coloured shape on a background), for captioning experiments");
   make->callback([ma, rc] {
     StatusOr<sharding::GeneratedDataset> g = InvalidArgumentError("unknown --format " + ma->format);
     if (ma->format == "img2dataset") {
@@ -350,6 +353,7 @@ void AddShardsCommands(CLI::App& app, int* rc) {
       o.max_px = ma->max_px;
       o.seed = ma->seed;
       o.bad_cases = !ma->no_bad;
+      o.grounded = ma->grounded;
       g = sharding::MakeImg2Dataset(o);
     } else if (ma->format == "llava" || ma->format == "llava-zip") {
       sharding::LlavaGenOptions o;
@@ -367,6 +371,7 @@ void AddShardsCommands(CLI::App& app, int* rc) {
       o.lines = ma->lines;
       o.seed = ma->seed;
       o.bad_cases = !ma->no_bad;
+      o.grounded = ma->grounded;
       g = sharding::MakeJsonl(o);
     }
     if (!g.ok()) return void(*rc = Fail(g.status()));

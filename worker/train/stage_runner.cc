@@ -16,16 +16,16 @@
 #include "common/durable_file.h"
 #include "common/fault.h"
 #include "common/logging.h"
-#include "dataflow/byte_tokenizer.h"
-#include "dataflow/gpt2_bpe.h"
 #include "dataflow/pipeline.h"
-#include "dataflow/sentencepiece_tokenizer.h"
+#include "jobs/job_state.h"
 #include "sharding/shard_store.h"
 #include "worker/checkpoint/checkpoint.h"
 #include "worker/models/vl_model.h"
 #include "worker/models/weights.h"
 #include "worker/train/grad_reducer.h"
 #include "worker/train/optimizer.h"
+#include "worker/train/tokenization.h"
+#include "worker/transforms/transfer_vpg.h"
 
 namespace vlorch::train {
 namespace fs = std::filesystem;
@@ -56,31 +56,21 @@ StatusOr<std::vector<uint8_t>> Unhex(const std::string& s) {
   return out;
 }
 
-struct Tokenization {
-  std::unique_ptr<dataflow::Tokenizer> tokenizer;
-  int32_t pad = 0, bos = -1, eos = -1;
-};
+}  // namespace
 
-StatusOr<Tokenization> MakeTokenizer(const JobSpec& job) {
-  Tokenization t;
-  const TokenizerSpec& s = job.data.tokenizer;
-  if (s.kind == "byte") {
-    t.tokenizer = std::make_unique<dataflow::ByteTokenizer>();
-    t.pad = dataflow::ByteTokenizer::kPad, t.bos = dataflow::ByteTokenizer::kBos, t.eos = dataflow::ByteTokenizer::kEos;
-    if (job.model.llm.vocab_size < dataflow::ByteTokenizer::kVocabSize)
-      return InvalidArgumentError(fmt::format("{}: model.llm.vocab_size {} is smaller than the byte tokenizer's {}",
-                                              job.source, job.model.llm.vocab_size, dataflow::ByteTokenizer::kVocabSize));
-  } else if (s.kind == "gpt2") {
-    ASSIGN_OR_RETURN(auto tok, dataflow::Gpt2BpeTokenizer::Load(job.Resolve(s.vocab), job.Resolve(s.merges)));
-    t.tokenizer = std::move(tok);
-    t.pad = 1, t.bos = 2, t.eos = 2;  // OPT's ids for <pad> and </s>
-  } else {
-    ASSIGN_OR_RETURN(auto tok, dataflow::SentencePieceTokenizer::Load(job.Resolve(s.model)));
-    t.tokenizer = std::move(tok);
-    t.pad = 0, t.bos = 1, t.eos = 2;  // LLaMA's
-  }
-  return t;
+StatusOr<std::string> SealedCheckpoint(const std::string& run_dir, const std::string& stage,
+                                       const std::string& from_stage) {
+  ASSIGN_OR_RETURN(std::optional<StageSeal> seal, ReadStageSeal(run_dir, from_stage));
+  if (!seal)
+    return FailedPreconditionError(fmt::format("stage '{}' starts from stage '{}', which is not sealed yet ({} has no "
+                                               "state.json); run that stage first",
+                                               stage, from_stage, StageDir(run_dir, from_stage)));
+  RETURN_IF_ERROR(VerifySealedCheckpoint(*seal));
+  RETURN_IF_ERROR(checkpoint::VerifyCheckpoint(seal->checkpoint).status());
+  return seal->checkpoint;
 }
+
+namespace {
 
 struct StepBatch {
   std::vector<dataflow::PipelineBatch> micro;
@@ -95,9 +85,10 @@ int64_t LabelTokens(const dataflow::Batch& b) {
 class StageRun {
  public:
   StageRun(const JobSpec& job, const StageSpec& stage, comm::DeviceMesh& mesh, const StageRunOptions& options)
-      : job_(job), stage_(stage), mesh_(mesh), options_(options) {
+      : job_(job), stage_(stage), model_config_(job.ModelOf(stage)), data_(job.DataOf(stage)), mesh_(mesh),
+        options_(options) {
     run_dir_ = options.run_dir.empty() ? job.run_dir : options.run_dir;
-    stage_dir_ = (fs::path(run_dir_) / "stages" / stage.name).string();
+    stage_dir_ = StageDir(run_dir_, stage.name);
     rank0_ = mesh.rank() == 0;
   }
 
@@ -117,6 +108,8 @@ class StageRun {
 
   const JobSpec& job_;
   const StageSpec& stage_;
+  const ModelConfig& model_config_;
+  const DataSpec& data_;
   comm::DeviceMesh& mesh_;
   StageRunOptions options_;
   std::string run_dir_, stage_dir_;
@@ -153,28 +146,20 @@ Status StageRun::Setup() {
         "{}: layout {} — training with tensor or expert parallelism is not implemented yet; use tp: 1, ep: 1",
         job_.source, layout.ToString()));
   at::set_num_threads(job_.threads);
-  ASSIGN_OR_RETURN(tok_, MakeTokenizer(job_));
-  ASSIGN_OR_RETURN(template_, dataflow::BuiltinTemplate(job_.data.template_name));
-  template_.image_tokens = job_.model.visual_tokens();
+  ASSIGN_OR_RETURN(tok_, MakeTokenizer(job_, data_, model_config_));
+  ASSIGN_OR_RETURN(template_, dataflow::BuiltinTemplate(data_.template_name));
+  template_.image_tokens = model_config_.visual_tokens();
   template_.bos_id = tok_.bos;
   template_.eos_id = tok_.eos;
   template_.image_token_id = tok_.pad;
-  ASSIGN_OR_RETURN(model_, models::VLModel::Create(job_.model, job_.seed));
+  ASSIGN_OR_RETURN(model_, models::VLModel::Create(model_config_, job_.seed));
   params_ = model_->SortedParameters();
   return Status::OK();
 }
 
 Status StageRun::InitWeights() {
   if (!stage_.init_stage.empty()) {
-    const std::string state_file = (fs::path(run_dir_) / "stages" / stage_.init_stage / "state.json").string();
-    std::ifstream in(state_file);
-    nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
-    if (j.is_discarded() || j.value("status", "") != "done" || !j.contains("checkpoint"))
-      return FailedPreconditionError(fmt::format("stage '{}' starts from stage '{}', which has not finished ({} is "
-                                                 "missing or not done); run that stage first",
-                                                 stage_.name, stage_.init_stage, state_file));
-    const std::string ck = j["checkpoint"].get<std::string>();
-    RETURN_IF_ERROR(checkpoint::VerifyCheckpoint(ck).status());
+    ASSIGN_OR_RETURN(std::string ck, SealedCheckpoint(run_dir_, stage_.name, stage_.init_stage));
     RETURN_IF_ERROR(models::LoadWeights(params_, (fs::path(ck) / "model.safetensors").string(), "").status());
   }
   for (const WeightsSpec& w : stage_.init_weights) {
@@ -187,7 +172,7 @@ Status StageRun::InitWeights() {
 
 StatusOr<int64_t> StageRun::TotalSteps() {
   uint64_t samples = 0;
-  for (const std::string& store : job_.data.stores) {
+  for (const std::string& store : data_.stores) {
     sharding::ShardStoreOptions so;
     so.read_only = true;
     ASSIGN_OR_RETURN(auto s, sharding::ShardStore::Open(job_.Resolve(store), so));
@@ -250,20 +235,20 @@ Status StageRun::Resume() {
 
 Status StageRun::OpenPipeline() {
   dataflow::PipelineOptions po;
-  for (const auto& s : job_.data.stores) po.stores.push_back(job_.Resolve(s));
-  po.weights = job_.data.weights;
+  for (const auto& s : data_.stores) po.stores.push_back(job_.Resolve(s));
+  po.weights = data_.weights;
   po.seed = job_.seed;
-  po.shuffle_window = job_.data.shuffle_window;
+  po.shuffle_window = data_.shuffle_window;
   po.dp = mesh_.layout().dp;
   po.rank = mesh_.coords().dp_rank;
   po.batch_size = static_cast<uint64_t>(stage_.batch_size);
   po.prompt_template = template_;
   po.tokenizer = tok_.tokenizer.get();
-  po.max_len = job_.data.max_len;
+  po.max_len = data_.max_len;
   po.collate.pad_id = tok_.pad;
-  po.collate.image.size = job_.model.vision.image_size;
-  po.workers = job_.data.workers;
-  po.prefetch = job_.data.prefetch;
+  po.collate.image.size = model_config_.vision.image_size;
+  po.workers = data_.workers;
+  po.prefetch = data_.prefetch;
   po.start = cursor_;
   ASSIGN_OR_RETURN(pipeline_, dataflow::DataPipeline::Open(po));
   return Status::OK();
@@ -389,6 +374,13 @@ Status StageRun::LogStep(double loss, double lr, double grad_norm, const StepBat
   j["loss"] = loss;
   j["lr"] = lr;
   j["grad_norm"] = grad_norm;
+  // The learning rate each trained module really gets (base x its group's multiplier).
+  nlohmann::json by_module = nlohmann::json::object();
+  for (const auto& p : optimizer_->params()) {
+    const std::string module = p.name.substr(0, p.name.find('.'));
+    by_module[module] = std::max(by_module.value(module, 0.0), lr * p.lr_multiplier);
+  }
+  j["lr_by_module"] = by_module;
   j["samples"] = sb.samples;
   j["tokens"] = sb.tokens;
   j["step_seconds"] = step_seconds;
@@ -411,14 +403,12 @@ Status StageRun::LogStep(double loss, double lr, double grad_norm, const StepBat
 
 StatusOr<StageResult> StageRun::Run() {
   StageResult result;
-  const std::string state_file = (fs::path(stage_dir_) / "state.json").string();
   {
-    std::ifstream in(state_file);
-    nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
-    if (!j.is_discarded() && j.value("status", "") == "done") {
+    ASSIGN_OR_RETURN(std::optional<StageSeal> seal, ReadStageSeal(run_dir_, stage_.name));
+    if (seal) {
       result.outcome = StageOutcome::kAlreadyDone;
-      result.steps = j.value("steps", int64_t{0});
-      result.checkpoint = j.value("checkpoint", "");
+      result.steps = seal->steps;
+      result.checkpoint = seal->checkpoint;
       return result;
     }
   }
@@ -521,13 +511,13 @@ StatusOr<StageResult> StageRun::Run() {
     return result;
   }
   if (rank0_) {
-    nlohmann::json j;
-    j["status"] = "done";
-    j["stage"] = stage_.name;
-    j["steps"] = step_;
-    j["checkpoint"] = last_checkpoint_;
-    j["loss"] = last_loss_;
-    RETURN_IF_ERROR(WriteFileAtomically(state_file, j.dump(2) + "\n"));
+    StageSeal seal;
+    seal.stage = stage_.name;
+    seal.checkpoint = last_checkpoint_;
+    seal.steps = step_;
+    seal.loss = last_loss_;
+    RETURN_IF_ERROR(SealStage(run_dir_, seal));
+    VLOG_INFO("stage '{}' sealed: {}", stage_.name, last_checkpoint_);
   }
   RETURN_IF_ERROR(mesh_.world().Barrier());
   return result;
@@ -551,6 +541,7 @@ StatusOr<StageResult> RunStage(const JobSpec& job, const std::string& stage_name
     return NotFoundError(fmt::format("{} has no stage '{}'; its stages are: {}", job.source, stage_name,
                                      fmt::join(names, ", ")));
   }
+  if (stage->transform) return transforms::RunTransferVpg(job, *stage, mesh, options);
   try {
     StageRun run(job, *stage, mesh, options);
     return run.Run();

@@ -61,6 +61,12 @@ struct StageResult {
 // its step, commit a checkpoint and return kPreempted.
 void InstallPreemptionHandler();
 
+// The checkpoint of `from_stage`'s seal, verified (manifest checksum and every file), for
+// `stage` to start from. FailedPrecondition when from_stage is not sealed yet.
+StatusOr<std::string> SealedCheckpoint(const std::string& run_dir, const std::string& stage,
+                                       const std::string& from_stage);
+
+// Runs a training stage, or a transform stage (worker/transforms/).
 StatusOr<StageResult> RunStage(const JobSpec& job, const std::string& stage_name, comm::DeviceMesh& mesh,
                                const StageRunOptions& options);
 
