@@ -42,11 +42,11 @@ TEST(JobSpec, ParsesEveryField) {
   EXPECT_EQ(spec->name, "tiny");
   EXPECT_EQ(spec->seed, 7u);
   EXPECT_EQ(spec->run_dir, "/jobs/runs/tiny");
-  EXPECT_EQ(spec->model.llm.kind, LlmKind::kLlama);
-  EXPECT_FALSE(spec->model.llm.tie_embeddings);  // LLaMA's default
-  EXPECT_EQ(spec->model.llm.kv_heads, 2);
-  EXPECT_EQ(spec->model.projector.kind, ProjectorKind::kMlp);
-  EXPECT_EQ(spec->model.visual_tokens(), 8);
+  EXPECT_EQ(spec->models[0].config.llm.kind, LlmKind::kLlama);
+  EXPECT_FALSE(spec->models[0].config.llm.tie_embeddings);  // LLaMA's default
+  EXPECT_EQ(spec->models[0].config.llm.kv_heads, 2);
+  EXPECT_EQ(spec->models[0].config.projector.kind, ProjectorKind::kMlp);
+  EXPECT_EQ(spec->models[0].config.visual_tokens(), 8);
   EXPECT_EQ(spec->Resolve(spec->data.stores[0]), "/jobs/data/a");
   EXPECT_EQ(spec->Resolve(spec->data.stores[1]), "/abs/b");
   ASSERT_EQ(spec->stages.size(), 2u);

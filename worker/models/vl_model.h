@@ -46,6 +46,9 @@ class VLModel : public torch::nn::Module {
   // errors; the trainer turns those into Status.
   ModelOutput Forward(const dataflow::Batch& batch);
 
+  // The projector alone: VPG (or vision) features [..., in] -> LLM embeddings [..., hidden].
+  torch::Tensor Project(const torch::Tensor& features) { return projection_(features); }
+
   const ModelConfig& config() const { return config_; }
   // Every parameter by name, in name order (the order of checkpoints and buckets).
   std::vector<std::pair<std::string, torch::Tensor>> SortedParameters() const;

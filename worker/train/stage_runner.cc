@@ -465,7 +465,7 @@ StatusOr<StageResult> StageRun::Run() {
     RETURN_IF_ERROR(TrainStep(sb, &stop));
     const bool due = stage_.checkpoint.every_steps > 0 && step_ % stage_.checkpoint.every_steps == 0;
     const double step_seconds = Since(t0);
-    MaybeKill({{"rank", mesh_.rank()}, {"step", step_}});
+    MaybeKill({{"rank", mesh_.rank()}, {"stage", stage_.name.c_str()}, {"step", step_}});
     if (due || stop || step_ == total_steps_) RETURN_IF_ERROR(SaveCheckpoint());
     const double with_checkpoint = Since(t0);
     if (steps_run_ > 0) {
