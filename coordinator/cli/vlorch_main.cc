@@ -7,6 +7,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include "coordinator/cli/job_cmd.h"
 #include "coordinator/cli/shards_cmd.h"
 #include "jobs/parallel_layout.h"
 
@@ -58,11 +59,13 @@ int main(int argc, char** argv) {
 
   int shards_rc = 0;
   vlorch::cli::AddShardsCommands(app, &shards_rc);
+  int job_rc = 0;
+  vlorch::cli::AddJobCommands(app, &job_rc);
 
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 2;
   }
-  return layout_rc != 0 ? layout_rc : shards_rc;
+  return layout_rc != 0 ? layout_rc : shards_rc != 0 ? shards_rc : job_rc;
 }

@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#include "jobs/job_plan.h"
 #include "jobs/job_spec.h"
 #include "jobs/job_state.h"
 #include "jobs/model_schema.h"
@@ -167,6 +168,45 @@ TEST(Recipes, ParseAndValidate) {
       for (const auto& p : s.trainable) EXPECT_EQ(p.rfind("language_model", 0), std::string::npos) << name << " " << s.name;
     }
   }
+}
+
+TEST(JobPlan, CountsStepsParametersAndChecksTheLayout) {
+  auto spec = Parse(kTransfer);
+  ASSERT_TRUE(spec.ok());
+  // 100 samples in data/other: one epoch at dp 4 x batch 8 is ceil(100 / 32) = 4 steps.
+  auto plan = PlanJob(*spec, 4, [](const std::string& dir) -> StatusOr<int64_t> {
+    if (dir == "/jobs/data/other") return int64_t{100};
+    return NotFoundError("no store " + dir);
+  });
+  ASSERT_TRUE(plan.ok()) << plan.status().ToString();
+  EXPECT_EQ(plan->layout.dp, 4);
+  ASSERT_EQ(plan->stages.size(), 3u);
+  const StagePlan& vpg = plan->stages[0];
+  EXPECT_EQ(vpg.steps, 10);
+  EXPECT_EQ(vpg.samples_per_step, 32);
+  int64_t total = 0, projector = 0;
+  for (const auto& p : ModelParameters(spec->models[0].config)) {
+    total += p.numel();
+    if (p.name.rfind("language_projection", 0) == 0) projector += p.numel();
+  }
+  EXPECT_EQ(vpg.trainable + vpg.frozen, total);
+  EXPECT_EQ(vpg.trained_by_module.at("language_projection"), projector);
+  EXPECT_EQ(vpg.trained_by_module.count("language_model"), 0u);
+  ASSERT_EQ(vpg.notes.size(), 1u);  // its store could not be counted
+  EXPECT_EQ(plan->stages[1].kind, "transfer_vpg");
+  EXPECT_EQ(plan->stages[1].trainable, 0);
+  EXPECT_EQ(plan->stages[2].steps, 4);
+  EXPECT_EQ(plan->stages[2].samples_per_epoch, 100);
+  EXPECT_NE(FormatPlan(*spec, *plan).find("trains"), std::string::npos);
+
+  std::string text = kTransfer;
+  text.replace(text.find("stages:"), 7, "layout: {tp: 2}\nstages:");
+  auto tp2 = Parse(text);
+  ASSERT_TRUE(tp2.ok()) << tp2.status().ToString();
+  auto bad = PlanJob(*tp2, 3);
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("job.yaml: layout:"), std::string::npos) << bad.status().message();
+  EXPECT_TRUE(PlanJob(*tp2, 4).ok());
 }
 
 // A checkpoint directory as the worker commits one: files + manifest.json.
