@@ -3,6 +3,8 @@
 //   mpirun -np 4 vlorch-worker check-comm --tp 2      verify MPI/NCCL and the mesh groups
 //   mpirun -np 2 vlorch-worker --job job.yaml [--stage NAME] [--run-dir DIR]
 //                                                     train one stage (or every stage in order)
+//   mpirun -np 2 vlorch-worker evaluate --job job.yaml --stage NAME --store DIR
+//                                                     held-out loss of each of its checkpoints
 //
 // Exit codes (docs/cli.md): 0 success (or preempted by SIGTERM after committing a checkpoint;
 // --preempted-exit-code changes that), 2 bad input (flags, spec, layout, weights), 3 a failure
@@ -18,6 +20,7 @@
 #include "worker/comm/mpi_runtime.h"
 #include "jobs/job_spec.h"
 #include "worker/comm_check.h"
+#include "worker/train/evaluate.h"
 #include "worker/train/stage_runner.h"
 
 namespace {
@@ -110,6 +113,34 @@ int RunTraining(const std::string& job_path, const std::string& stage, const vlo
   return 0;
 }
 
+// Prints one JSON line per checkpoint on rank 0.
+int RunEvaluate(const std::string& job_path, const std::string& stage, const vlorch::train::EvaluateOptions& options) {
+  auto job = vlorch::LoadJobSpec(job_path);
+  if (!job.ok()) {
+    VLOG_ERROR("{}", job.status().ToString());
+    return ExitCodeFor(job.status());
+  }
+  vlorch::ParallelLayout world;  // evaluation is data-parallel over every rank
+  auto mesh = vlorch::comm::DeviceMesh::Create(world, {});
+  if (!mesh.ok()) {
+    VLOG_ERROR("{}", mesh.status().ToString());
+    return ExitCodeFor(mesh.status());
+  }
+  auto points = vlorch::train::EvaluateStage(*job, stage, **mesh, options);
+  if (!points.ok()) {
+    VLOG_ERROR("evaluate: {}", points.status().ToString());
+    return ExitCodeFor(points.status());
+  }
+  if ((*mesh)->rank() == 0) {
+    for (const auto& p : *points)
+      std::printf("{\"stage\": \"%s\", \"step\": %lld, \"val_loss\": %.6f, \"tokens\": %lld, \"samples\": %lld}\n",
+                  stage.c_str(), static_cast<long long>(p.step), p.loss, static_cast<long long>(p.tokens),
+                  static_cast<long long>(p.samples));
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -144,6 +175,16 @@ int main(int argc, char** argv) {
   cc->add_option("--timeout", timeout_s, "seconds before a collective counts as hung")->capture_default_str();
   cc->add_option("--elements", check.allreduce_elements, "f32 elements in the timed all-reduce")->capture_default_str();
 
+  vlorch::train::EvaluateOptions eval;
+  std::string eval_job, eval_stage;
+  auto* ev = app.add_subcommand("evaluate", "held-out loss of every committed checkpoint of a stage (JSON lines)");
+  ev->add_option("--job", eval_job, "job spec (YAML)")->required();
+  ev->add_option("--stage", eval_stage, "stage whose checkpoints to evaluate")->required();
+  ev->add_option("--store", eval.store, "held-out shard store")->required();
+  ev->add_option("--run-dir", eval.run_dir, "run directory (default: the spec's run_dir)");
+  ev->add_option("--max-samples", eval.max_samples, "evaluate at most this many samples (0: all)")->capture_default_str();
+  ev->add_option("--batch-size", eval.batch_size, "per rank")->capture_default_str();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -160,6 +201,7 @@ int main(int argc, char** argv) {
   vlorch::InitLogging(log);
 
   if (app.got_subcommand(cc)) return RunCheckComm(layout, backend, timeout_s, check);
+  if (app.got_subcommand(ev)) return RunEvaluate(eval_job, eval_stage, eval);
   if (job_path.empty()) {
     if (log.rank == 0) std::fprintf(stderr, "vlorch-worker: give --job job.yaml to train, or a subcommand (see --help)\n");
     return kExitBadInput;
