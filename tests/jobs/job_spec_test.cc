@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/jobs/spec_errors.h"
+
 namespace vlorch {
 namespace {
 
@@ -63,9 +65,7 @@ TEST(JobSpec, ParsesEveryField) {
 }
 
 // Each bad spec names file, line and field.
-struct BadCase {
-  std::string from, to, expect;
-};
+using testing_util::BadCase;
 
 TEST(JobSpec, ErrorsNameFileLineAndField) {
   const std::vector<BadCase> cases = {
@@ -84,18 +84,7 @@ TEST(JobSpec, ErrorsNameFileLineAndField) {
       {"stores: [data/a, /abs/b]", "stores: []", "data.stores: missing"},
       {"trainable: [\"qformer.*\", \"language_projection.*\"]", "trainable: []", "stages[1].trainable: missing"},
   };
-  for (const auto& c : cases) {
-    std::string text = kGood;
-    const size_t at = text.find(c.from);
-    ASSERT_NE(at, std::string::npos) << c.from;
-    text.replace(at, c.from.size(), c.to);
-    auto spec = Parse(text);
-    ASSERT_FALSE(spec.ok()) << "accepted: " << c.to;
-    EXPECT_EQ(spec.status().code(), StatusCode::kInvalidArgument);
-    EXPECT_NE(spec.status().message().find(c.expect), std::string::npos)
-        << "replacing '" << c.from << "': " << spec.status().message();
-    EXPECT_EQ(spec.status().message().rfind("job.yaml", 0), 0u) << spec.status().message();
-  }
+  testing_util::ExpectSpecErrors(kGood, cases);
 }
 
 TEST(JobSpec, MalformedYamlNamesTheLine) {

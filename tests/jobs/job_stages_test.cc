@@ -11,6 +11,7 @@
 #include "jobs/job_spec.h"
 #include "jobs/job_state.h"
 #include "jobs/model_schema.h"
+#include "tests/jobs/spec_errors.h"
 
 namespace vlorch {
 namespace {
@@ -69,28 +70,11 @@ TEST(JobStages, ParsesModelsTransformsAndStageData) {
   EXPECT_EQ(spec->DataOf(spec->stages[2]).tokenizer.kind, "sentencepiece");
 }
 
-struct BadCase {
-  std::string from, to, expect;
-};
-
-void ExpectErrors(const char* good, const std::vector<BadCase>& cases) {
-  for (const auto& c : cases) {
-    std::string text = good;
-    const size_t at = text.find(c.from);
-    ASSERT_NE(at, std::string::npos) << c.from;
-    text.replace(at, c.from.size(), c.to);
-    auto spec = Parse(text);
-    ASSERT_FALSE(spec.ok()) << "accepted: " << c.to;
-    EXPECT_EQ(spec.status().code(), StatusCode::kInvalidArgument);
-    EXPECT_NE(spec.status().message().find(c.expect), std::string::npos)
-        << "replacing '" << c.from << "': " << spec.status().message();
-    // file:line:col
-    EXPECT_EQ(spec.status().message().rfind("job.yaml:", 0), 0u) << spec.status().message();
-  }
-}
+using testing_util::BadCase;
+using testing_util::ExpectSpecErrors;
 
 TEST(JobStages, ValidationErrorsNameFileLineAndField) {
-  ExpectErrors(kTransfer, {
+  ExpectSpecErrors(kTransfer, {
       // unknown modules in patterns
       {"[\"qformer.*\", \"query_tokens\"", "[\"qformr.*\", \"query_tokens\"",
        "job.yaml:18:17: stages[0].trainable[0]: 'qformr.*' matches no parameter of model 'small'"},

@@ -25,11 +25,7 @@ StatusOr<std::vector<EvalPoint>> Evaluate(const JobSpec& job, const StageSpec& s
   const DataSpec& data = job.DataOf(stage);
   at::set_num_threads(job.threads);
   ASSIGN_OR_RETURN(Tokenization tok, MakeTokenizer(job, data, config));
-  ASSIGN_OR_RETURN(dataflow::PromptTemplate tmpl, dataflow::BuiltinTemplate(data.template_name));
-  tmpl.image_tokens = config.visual_tokens();
-  tmpl.bos_id = tok.bos;
-  tmpl.eos_id = tok.eos;
-  tmpl.image_token_id = tok.pad;
+  ASSIGN_OR_RETURN(dataflow::PromptTemplate tmpl, StageTemplate(data, config, tok));
 
   uint64_t samples = 0;
   {
@@ -61,20 +57,12 @@ StatusOr<std::vector<EvalPoint>> Evaluate(const JobSpec& job, const StageSpec& s
     auto manifest = checkpoint::VerifyCheckpoint(ck);
     if (!manifest.ok()) continue;  // partial or damaged: not a committed checkpoint
     RETURN_IF_ERROR(models::LoadWeights(params, (fs::path(ck) / "model.safetensors").string(), "").status());
-    dataflow::PipelineOptions po;
+    dataflow::PipelineOptions po = StagePipelineOptions(job, data, config, tok, tmpl);
     po.stores = {o.store};
-    po.seed = job.seed;
-    po.shuffle_window = data.shuffle_window;
+    po.weights.clear();
     po.dp = mesh.world_size();
     po.rank = mesh.rank();
     po.batch_size = static_cast<uint64_t>(o.batch_size);
-    po.prompt_template = tmpl;
-    po.tokenizer = tok.tokenizer.get();
-    po.max_len = data.max_len;
-    po.collate.pad_id = tok.pad;
-    po.collate.image.size = config.vision.image_size;
-    po.workers = data.workers;
-    po.prefetch = data.prefetch;
     ASSIGN_OR_RETURN(auto pipeline, dataflow::DataPipeline::Open(po));
     double loss = 0;
     int64_t tokens = 0, n = 0;

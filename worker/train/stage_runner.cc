@@ -58,6 +58,19 @@ StatusOr<std::vector<uint8_t>> Unhex(const std::string& s) {
 
 }  // namespace
 
+StatusOr<int64_t> AgreedLatestCheckpoint(const std::string& dir, comm::DeviceMesh& mesh) {
+  int64_t step = -1;
+  if (mesh.rank() == 0) {
+    std::vector<std::string> skipped;
+    ASSIGN_OR_RETURN(auto found, checkpoint::FindLatest(dir, &skipped));
+    for (const auto& s : skipped) VLOG_WARNING("skipping damaged checkpoint {}", s);
+    if (found) step = found->manifest.step;
+  }
+  torch::Tensor t = torch::tensor({step}, torch::kInt64);
+  RETURN_IF_ERROR(mesh.world().Broadcast(t, 0));
+  return t.item<int64_t>();
+}
+
 StatusOr<std::string> SealedCheckpoint(const std::string& run_dir, const std::string& stage,
                                        const std::string& from_stage) {
   ASSIGN_OR_RETURN(std::optional<StageSeal> seal, ReadStageSeal(run_dir, from_stage));
@@ -147,11 +160,7 @@ Status StageRun::Setup() {
         job_.source, layout.ToString()));
   at::set_num_threads(job_.threads);
   ASSIGN_OR_RETURN(tok_, MakeTokenizer(job_, data_, model_config_));
-  ASSIGN_OR_RETURN(template_, dataflow::BuiltinTemplate(data_.template_name));
-  template_.image_tokens = model_config_.visual_tokens();
-  template_.bos_id = tok_.bos;
-  template_.eos_id = tok_.eos;
-  template_.image_token_id = tok_.pad;
+  ASSIGN_OR_RETURN(template_, StageTemplate(data_, model_config_, tok_));
   ASSIGN_OR_RETURN(model_, models::VLModel::Create(model_config_, job_.seed));
   params_ = model_->SortedParameters();
   return Status::OK();
@@ -189,20 +198,9 @@ StatusOr<int64_t> StageRun::TotalSteps() {
 
 Status StageRun::Resume() {
   const std::string ck_dir = (fs::path(stage_dir_) / "checkpoints").string();
-  // Rank 0 chooses, everyone loads the same one.
-  int64_t found_step = -1;
-  std::string found_path;
-  if (rank0_) {
-    std::vector<std::string> skipped;
-    ASSIGN_OR_RETURN(auto found, checkpoint::FindLatest(ck_dir, &skipped));
-    for (const auto& s : skipped) VLOG_WARNING("skipping damaged checkpoint {}", s);
-    if (found) found_step = found->manifest.step;
-  }
-  torch::Tensor t = torch::tensor({found_step}, torch::kInt64);
-  RETURN_IF_ERROR(mesh_.world().Broadcast(t, 0));
-  found_step = t.item<int64_t>();
+  ASSIGN_OR_RETURN(const int64_t found_step, AgreedLatestCheckpoint(ck_dir, mesh_));
   if (found_step < 0) return Status::OK();
-  found_path = (fs::path(ck_dir) / fmt::format("step-{:08d}", found_step)).string();
+  const std::string found_path = (fs::path(ck_dir) / fmt::format("step-{:08d}", found_step)).string();
 
   RETURN_IF_ERROR(models::LoadWeights(params_, (fs::path(found_path) / "model.safetensors").string(), "").status());
   std::map<std::string, std::string> meta;
@@ -234,21 +232,10 @@ Status StageRun::Resume() {
 }
 
 Status StageRun::OpenPipeline() {
-  dataflow::PipelineOptions po;
-  for (const auto& s : data_.stores) po.stores.push_back(job_.Resolve(s));
-  po.weights = data_.weights;
-  po.seed = job_.seed;
-  po.shuffle_window = data_.shuffle_window;
+  dataflow::PipelineOptions po = StagePipelineOptions(job_, data_, model_config_, tok_, template_);
   po.dp = mesh_.layout().dp;
   po.rank = mesh_.coords().dp_rank;
   po.batch_size = static_cast<uint64_t>(stage_.batch_size);
-  po.prompt_template = template_;
-  po.tokenizer = tok_.tokenizer.get();
-  po.max_len = data_.max_len;
-  po.collate.pad_id = tok_.pad;
-  po.collate.image.size = model_config_.vision.image_size;
-  po.workers = data_.workers;
-  po.prefetch = data_.prefetch;
   po.start = cursor_;
   ASSIGN_OR_RETURN(pipeline_, dataflow::DataPipeline::Open(po));
   return Status::OK();

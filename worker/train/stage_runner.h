@@ -61,6 +61,10 @@ struct StageResult {
 // its step, commit a checkpoint and return kPreempted.
 void InstallPreemptionHandler();
 
+// The newest committed checkpoint in `dir` that verifies, as rank 0 finds it (damaged ones
+// skipped with a warning), broadcast so every rank loads the same one: its step, -1 if none.
+StatusOr<int64_t> AgreedLatestCheckpoint(const std::string& dir, comm::DeviceMesh& mesh);
+
 // The checkpoint of `from_stage`'s seal, verified (manifest checksum and every file), for
 // `stage` to start from. FailedPrecondition when from_stage is not sealed yet.
 StatusOr<std::string> SealedCheckpoint(const std::string& run_dir, const std::string& stage,

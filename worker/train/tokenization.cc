@@ -29,6 +29,32 @@ StatusOr<Tokenization> MakeTokenizer(const JobSpec& job, const DataSpec& data, c
   return t;
 }
 
+StatusOr<dataflow::PromptTemplate> StageTemplate(const DataSpec& data, const ModelConfig& model, const Tokenization& tok) {
+  ASSIGN_OR_RETURN(dataflow::PromptTemplate t, dataflow::BuiltinTemplate(data.template_name));
+  t.image_tokens = model.visual_tokens();
+  t.bos_id = tok.bos;
+  t.eos_id = tok.eos;
+  t.image_token_id = tok.pad;
+  return t;
+}
+
+dataflow::PipelineOptions StagePipelineOptions(const JobSpec& job, const DataSpec& data, const ModelConfig& model,
+                                               const Tokenization& tok, const dataflow::PromptTemplate& tmpl) {
+  dataflow::PipelineOptions po;
+  for (const auto& s : data.stores) po.stores.push_back(job.Resolve(s));
+  po.weights = data.weights;
+  po.seed = job.seed;
+  po.shuffle_window = data.shuffle_window;
+  po.prompt_template = tmpl;
+  po.tokenizer = tok.tokenizer.get();
+  po.max_len = data.max_len;
+  po.collate.pad_id = tok.pad;
+  po.collate.image.size = model.vision.image_size;
+  po.workers = data.workers;
+  po.prefetch = data.prefetch;
+  return po;
+}
+
 bool SameTokenizer(const JobSpec& job, const DataSpec& a, const DataSpec& b) {
   const TokenizerSpec &x = a.tokenizer, &y = b.tokenizer;
   return x.kind == y.kind && job.Resolve(x.vocab) == job.Resolve(y.vocab) &&

@@ -5,6 +5,7 @@
 #include <memory>
 
 #include "common/status.h"
+#include "dataflow/pipeline.h"
 #include "dataflow/tokenizer.h"
 #include "jobs/job_spec.h"
 
@@ -19,6 +20,15 @@ struct Tokenization {
 // InvalidArgument when the model's vocabulary is smaller than the byte tokenizer's; the
 // tokenizer's own errors (missing or malformed files) otherwise.
 StatusOr<Tokenization> MakeTokenizer(const JobSpec& job, const DataSpec& data, const ModelConfig& model);
+
+// The stage's prompt template with the model's visual-token count and the tokenizer's ids.
+StatusOr<dataflow::PromptTemplate> StageTemplate(const DataSpec& data, const ModelConfig& model, const Tokenization& tok);
+
+// Pipeline options for `stores` with everything the data spec, model and tokenizer decide
+// (seed, window, template, lengths, padding, image size, threads); the caller sets placement
+// (dp, rank, batch size) and the start cursor. `tok` must outlive the pipeline.
+dataflow::PipelineOptions StagePipelineOptions(const JobSpec& job, const DataSpec& data, const ModelConfig& model,
+                                               const Tokenization& tok, const dataflow::PromptTemplate& tmpl);
 
 // True when two data specs name the same tokenizer (kind and resolved files).
 bool SameTokenizer(const JobSpec& job, const DataSpec& a, const DataSpec& b);

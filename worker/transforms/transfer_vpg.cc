@@ -137,16 +137,7 @@ Status TransferVpg::SaveConverter(int64_t step) {
 
 Status TransferVpg::LoadConverter(int64_t* step) {
   const std::string dir = (fs::path(stage_dir_) / "converter").string();
-  int64_t found = -1;
-  if (rank0_) {
-    std::vector<std::string> skipped;
-    ASSIGN_OR_RETURN(auto f, checkpoint::FindLatest(dir, &skipped));
-    for (const auto& s : skipped) VLOG_WARNING("skipping damaged converter checkpoint {}", s);
-    if (f) found = f->manifest.step;
-  }
-  torch::Tensor t = torch::tensor({found}, torch::kInt64);
-  RETURN_IF_ERROR(mesh_.world().Broadcast(t, 0));
-  found = t.item<int64_t>();
+  ASSIGN_OR_RETURN(const int64_t found, train::AgreedLatestCheckpoint(dir, mesh_));
   if (found < 0) return Status::OK();
   const fs::path path = fs::path(dir) / fmt::format("step-{:08d}", found);
   ASSIGN_OR_RETURN(auto model, checkpoint::ReadTensors((path / "model.safetensors").string(), nullptr));
