@@ -390,15 +390,6 @@ Status StageRun::LogStep(double loss, double lr, double grad_norm, const StepBat
 
 StatusOr<StageResult> StageRun::Run() {
   StageResult result;
-  {
-    ASSIGN_OR_RETURN(std::optional<StageSeal> seal, ReadStageSeal(run_dir_, stage_.name));
-    if (seal) {
-      result.outcome = StageOutcome::kAlreadyDone;
-      result.steps = seal->steps;
-      result.checkpoint = seal->checkpoint;
-      return result;
-    }
-  }
   std::error_code ec;
   fs::create_directories(stage_dir_, ec);
   if (ec) return IOError(fmt::format("cannot create {}: {}", stage_dir_, ec.message()));
@@ -527,6 +518,16 @@ StatusOr<StageResult> RunStage(const JobSpec& job, const std::string& stage_name
     for (const auto& s : job.stages) names.push_back(s.name);
     return NotFoundError(fmt::format("{} has no stage '{}'; its stages are: {}", job.source, stage_name,
                                      fmt::join(names, ", ")));
+  }
+  // A sealed stage is final, whatever kind it is.
+  auto seal = ReadStageSeal(options.run_dir.empty() ? job.run_dir : options.run_dir, stage_name);
+  if (!seal.ok()) return seal.status();
+  if (*seal) {
+    StageResult done;
+    done.outcome = StageOutcome::kAlreadyDone;
+    done.steps = (*seal)->steps;
+    done.checkpoint = (*seal)->checkpoint;
+    return done;
   }
   if (stage->transform) return transforms::RunTransferVpg(job, *stage, mesh, options);
   try {

@@ -233,15 +233,6 @@ Status TransferVpg::Fit() {
 
 StatusOr<train::StageResult> TransferVpg::Run() {
   train::StageResult result;
-  {
-    ASSIGN_OR_RETURN(std::optional<StageSeal> seal, ReadStageSeal(run_dir_, stage_.name));
-    if (seal) {
-      result.outcome = train::StageOutcome::kAlreadyDone;
-      result.steps = seal->steps;
-      result.checkpoint = seal->checkpoint;
-      return result;
-    }
-  }
   std::error_code ec;
   fs::create_directories(stage_dir_, ec);
   if (ec) return IOError(fmt::format("cannot create {}: {}", stage_dir_, ec.message()));
