@@ -10,22 +10,15 @@
 #include "jobs/job_plan.h"
 #include "jobs/job_spec.h"
 #include "jobs/job_state.h"
-#include "sharding/shard_store.h"
+#include "coordinator/cli/cli_util.h"
 
 namespace vlorch::cli {
 namespace {
 
-int Fail(const Status& s) {
-  std::fprintf(stderr, "vlorch: %s\n", s.message().c_str());
-  return s.code() == StatusCode::kInvalidArgument || s.code() == StatusCode::kNotFound ? 2 : 1;
-}
-
 StatusOr<int64_t> CountSamples(const std::string& dir) {
   if (!std::filesystem::exists(std::filesystem::path(dir) / "CURRENT"))
     return NotFoundError(fmt::format("store {} does not exist yet (steps per epoch known at run time)", dir));
-  sharding::ShardStoreOptions so;
-  so.read_only = true;
-  ASSIGN_OR_RETURN(auto store, sharding::ShardStore::Open(dir, so));
+  ASSIGN_OR_RETURN(auto store, OpenReadOnly(dir));
   return static_cast<int64_t>(store->num_samples());
 }
 

@@ -1,5 +1,7 @@
 #include "coordinator/cli/shards_cmd.h"
 
+#include "coordinator/cli/cli_util.h"
+
 #include <unistd.h>
 
 #include <cstdio>
@@ -20,19 +22,6 @@ namespace {
 using sharding::ShardStore;
 using sharding::ShardStoreOptions;
 
-constexpr int kExitFailed = 1;
-constexpr int kExitBadInput = 2;
-
-int Fail(const Status& s) {
-  std::fprintf(stderr, "vlorch: %s\n", s.message().c_str());
-  return s.code() == StatusCode::kInvalidArgument || s.code() == StatusCode::kNotFound ? kExitBadInput : kExitFailed;
-}
-
-StatusOr<std::unique_ptr<ShardStore>> OpenReadOnly(const std::string& dir) {
-  ShardStoreOptions o;
-  o.read_only = true;
-  return ShardStore::Open(dir, o);
-}
 
 std::string Duration(double s) {
   int t = static_cast<int>(s);
