@@ -6,6 +6,10 @@
 //                                             (worker) rank 0 halfway through writing the
 //                                             checkpoint of step 6
 //   VLORCH_FAULT=term:rank=0:step=3           SIGTERM instead (a preemption notice), once
+//   VLORCH_FAULT=hang:rank=1:step=3:incarnation=0
+//                                             (worker) rank 1 sleeps forever after step 3, in
+//                                             the first launch only (a rank stuck before a
+//                                             collective, for hang detection)
 //
 // A point fires when every key=value of the spec equals a value the code reports there;
 // keys the spec names that the point does not report make it not match. The process then
@@ -29,5 +33,8 @@ struct FaultKey {
 
 // Calls raise(SIGKILL) when VLORCH_FAULT names this point.
 void MaybeKill(const std::vector<FaultKey>& point);
+
+// A key every point of this process reports from now on (e.g. the worker's incarnation).
+void SetFaultContext(const std::string& key, int64_t value);
 
 }  // namespace vlorch

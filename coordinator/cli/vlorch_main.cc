@@ -1,12 +1,14 @@
 // vlorch: the command-line front end (launch, track, resume; shard store; job tools).
 //
-// Exit codes: 0 success, 1 the command failed, 2 bad usage or bad input.
+// Exit codes: 0 success, 1 the command failed (or the launched job did not succeed), 2 bad
+// usage or bad input, 3 no coordinator answered.
 #include <cstdio>
 #include <string>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include "coordinator/cli/coord_cmd.h"
 #include "coordinator/cli/job_cmd.h"
 #include "coordinator/cli/shards_cmd.h"
 #include "jobs/parallel_layout.h"
@@ -61,11 +63,15 @@ int main(int argc, char** argv) {
   vlorch::cli::AddShardsCommands(app, &shards_rc);
   int job_rc = 0;
   vlorch::cli::AddJobCommands(app, &job_rc);
+  int coord_rc = 0;
+  vlorch::cli::AddCoordinatorCommands(app, &coord_rc);
 
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 2;
   }
-  return layout_rc != 0 ? layout_rc : shards_rc != 0 ? shards_rc : job_rc;
+  for (int rc : {layout_rc, shards_rc, job_rc, coord_rc})
+    if (rc != 0) return rc;
+  return 0;
 }

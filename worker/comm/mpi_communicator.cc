@@ -11,6 +11,7 @@
 #include <c10/util/Half.h>
 #include <fmt/format.h>
 
+#include "common/collective_trace.h"
 #include "common/logging.h"
 #include "worker/comm/mpi_runtime.h"
 
@@ -270,6 +271,7 @@ Status MpiCommunicator::RingAllReduce(at::Tensor& flat, ReduceOp op) {
 Status MpiCommunicator::AllReduce(at::Tensor& t, ReduceOp op) {
   RETURN_IF_ERROR(CheckCollectiveTensor(*this, "allreduce", t, /*want_cuda=*/false));
   RETURN_IF_ERROR(Begin("allreduce"));
+  TracedCollective traced(name_, "allreduce", seq_, size_);
   if (size_ > 1 && static_cast<int64_t>(t.nbytes()) / size_ >= options_.ring_min_chunk_bytes) {
     at::Tensor flat = t.view({-1});
     RETURN_IF_ERROR(RingAllReduce(flat, op));
@@ -298,6 +300,7 @@ Status MpiCommunicator::AllGather(const at::Tensor& in, at::Tensor& out) {
   RETURN_IF_ERROR(CheckAllGather(*this, in, out, /*want_cuda=*/false));
   RETURN_IF_ERROR(CountFits("allgather", name_, out.numel()));
   RETURN_IF_ERROR(Begin("allgather"));
+  TracedCollective traced(name_, "allgather", seq_, size_);
   MPI_Datatype type = MpiType(in.scalar_type());
   int n = static_cast<int>(in.numel());
   return Run("allgather", {in, out}, [&](MPI_Request* r) {
@@ -309,6 +312,7 @@ Status MpiCommunicator::ReduceScatter(const at::Tensor& in, at::Tensor& out, Red
   RETURN_IF_ERROR(CheckReduceScatter(*this, in, out, /*want_cuda=*/false));
   RETURN_IF_ERROR(CountFits("reducescatter", name_, in.numel()));
   RETURN_IF_ERROR(Begin("reducescatter"));
+  TracedCollective traced(name_, "reducescatter", seq_, size_);
   MPI_Datatype type = MpiType(in.scalar_type());
   MPI_Op mop = MpiOp(in.scalar_type(), op);
   int n = static_cast<int>(out.numel());
@@ -335,6 +339,7 @@ Status MpiCommunicator::AllToAll(const at::Tensor& in, const std::vector<int64_t
     r_total += recv_rows[p];
   }
   RETURN_IF_ERROR(Begin("alltoall"));
+  TracedCollective traced(name_, "alltoall", seq_, size_);
   MPI_Datatype type = MpiType(in.scalar_type());
   return Run("alltoall", {in, out}, [&](MPI_Request* r) {
     return MPI_Ialltoallv(in.data_ptr(), sc.data(), sd.data(), type, out.data_ptr(), rc.data(),
@@ -347,6 +352,7 @@ Status MpiCommunicator::Broadcast(at::Tensor& t, int root) {
   RETURN_IF_ERROR(CheckBroadcastRoot(*this, root));
   RETURN_IF_ERROR(CountFits("broadcast", name_, t.numel()));
   RETURN_IF_ERROR(Begin("broadcast"));
+  TracedCollective traced(name_, "broadcast", seq_, size_);
   MPI_Datatype type = MpiType(t.scalar_type());
   int n = static_cast<int>(t.numel());
   return Run("broadcast", {t}, [&](MPI_Request* r) {
@@ -359,6 +365,7 @@ Status MpiCommunicator::Send(const at::Tensor& t, int peer, int tag) {
   RETURN_IF_ERROR(CheckPeer(*this, "send", peer));
   RETURN_IF_ERROR(CountFits("send", name_, t.numel()));
   RETURN_IF_ERROR(Begin("send"));
+  TracedCollective traced(name_, "send", seq_, size_);
   MPI_Datatype type = MpiType(t.scalar_type());
   int n = static_cast<int>(t.numel());
   return Run("send", {t}, [&](MPI_Request* r) {
@@ -371,6 +378,7 @@ Status MpiCommunicator::Recv(at::Tensor& t, int peer, int tag) {
   RETURN_IF_ERROR(CheckPeer(*this, "recv", peer));
   RETURN_IF_ERROR(CountFits("recv", name_, t.numel()));
   RETURN_IF_ERROR(Begin("recv"));
+  TracedCollective traced(name_, "recv", seq_, size_);
   MPI_Datatype type = MpiType(t.scalar_type());
   int n = static_cast<int>(t.numel());
   MPI_Status st;
@@ -393,6 +401,7 @@ Status MpiCommunicator::Recv(at::Tensor& t, int peer, int tag) {
 
 Status MpiCommunicator::Barrier() {
   RETURN_IF_ERROR(Begin("barrier"));
+  TracedCollective traced(name_, "barrier", seq_, size_);
   return Run("barrier", {}, [&](MPI_Request* r) { return MPI_Ibarrier(comm_, r); });
 }
 

@@ -1,0 +1,1164 @@
+#include "coordinator/coordinator.h"
+
+#include <signal.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <set>
+#include <sstream>
+
+#include <fmt/format.h>
+#include <zmq.hpp>
+#include <zmq_addon.hpp>
+
+#include "common/logging.h"
+#include "coordinator/http_server.h"
+#include "coordinator/launcher.h"
+#include "coordinator/state_store.h"
+#include "jobs/job_plan.h"
+#include "jobs/job_spec.h"
+#include "jobs/job_state.h"
+
+namespace vlorch::coord {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr size_t kMaxJobs = 100000;
+constexpr int64_t kMaxLogRead = 1 << 20;
+
+std::string Dump(const nlohmann::json& j) { return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); }
+
+HttpResponse JsonOk(const nlohmann::json& j, int status = 200) {
+  HttpResponse r;
+  r.status = status;
+  r.body = Dump(j);
+  return r;
+}
+
+HttpResponse FromStatus(const Status& s) {
+  switch (s.code()) {
+    case StatusCode::kInvalidArgument: return JsonError(400, s.message());
+    case StatusCode::kNotFound: return JsonError(404, s.message());
+    case StatusCode::kFailedPrecondition: return JsonError(409, s.message());
+    case StatusCode::kUnavailable: return JsonError(503, s.message());
+    default: return JsonError(500, s.message());
+  }
+}
+
+std::string Hostname() {
+  char buf[256] = {0};
+  if (::gethostname(buf, sizeof(buf) - 1) != 0) return "localhost";
+  return buf;
+}
+
+bool IsLoopback(const std::string& address) {
+  return address == "127.0.0.1" || address == "::1" || address == "localhost" || address.rfind("127.", 0) == 0;
+}
+
+std::string DefaultWorkerBinary() {
+  std::error_code ec;
+  const fs::path self = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    for (const fs::path& p : {self.parent_path() / "vlorch-worker", self.parent_path().parent_path() / "worker" / "vlorch-worker"}) {
+      if (fs::exists(p, ec)) return p.string();
+    }
+  }
+  return "vlorch-worker";
+}
+
+std::string Sanitize(const std::string& name) {
+  std::string out;
+  for (char c : name) {
+    const bool ok = std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
+    out += ok ? c : '-';
+  }
+  while (!out.empty() && out[0] == '.') out.erase(0, 1);
+  if (out.empty()) out = "job";
+  return out.substr(0, 48);
+}
+
+StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return NotFoundError(fmt::format("{} cannot be read", path));
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+std::string JoinArgv(const std::vector<std::string>& argv) {
+  std::string out;
+  for (const auto& a : argv) {
+    if (!out.empty()) out += ' ';
+    out += a.find_first_of(" \t'\"") == std::string::npos ? a : "'" + a + "'";
+  }
+  return out;
+}
+
+// The last line of mpirun's output that reads like an error from a rank.
+std::string LastErrorLine(const std::string& log) {
+  std::istringstream ss(log);
+  std::string line, last;
+  while (std::getline(ss, line)) {
+    if (line.find("FAILED") != std::string::npos || line.find("rror") != std::string::npos) last = line;
+  }
+  return last.substr(0, 600);
+}
+
+}  // namespace
+
+Coordinator::Coordinator(CoordinatorOptions options) : options_(std::move(options)) {}
+
+Coordinator::~Coordinator() { Stop(); }
+
+StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptions options) {
+  if (options.state_dir.empty()) return InvalidArgumentError("the coordinator needs a state directory (--state-dir)");
+  if (!IsLoopback(options.http_address) && options.token.empty())
+    return InvalidArgumentError(fmt::format("HTTP bind address {} is not loopback: pass --token (or set VLORCH_TOKEN) so "
+                                            "requests from other hosts must authenticate",
+                                            options.http_address));
+  if (options.worker_binary.empty()) options.worker_binary = DefaultWorkerBinary();
+  // One connection per worker rank: thousands of descriptors for large jobs.
+  rlimit lim{};
+  if (::getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < lim.rlim_max) {
+    lim.rlim_cur = lim.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &lim);
+  }
+  std::error_code ec;
+  fs::create_directories(options.state_dir, ec);
+  if (ec) return IOError(fmt::format("cannot create state directory {}: {}", options.state_dir, ec.message()));
+
+  std::unique_ptr<Coordinator> c(new Coordinator(std::move(options)));
+  c->started_at_ = Now();
+  ASSIGN_OR_RETURN(c->store_, StateStore::Open((fs::path(c->options_.state_dir) / "db").string()));
+
+  auto ctx = std::make_shared<zmq::context_t>(1);
+  auto sock = std::make_shared<zmq::socket_t>(*ctx, zmq::socket_type::router);
+  try {
+    sock->set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(kMaxMessageBytes));
+    sock->set(zmq::sockopt::linger, 0);
+    sock->set(zmq::sockopt::rcvhwm, 100000);
+    sock->bind(c->options_.zmq_endpoint);
+    c->zmq_bound_ = sock->get(zmq::sockopt::last_endpoint);
+  } catch (const zmq::error_t& e) {
+    return UnavailableError(fmt::format("cannot bind the control plane to {}: {} (another coordinator running? pick "
+                                        "another --zmq endpoint)",
+                                        c->options_.zmq_endpoint, e.what()));
+  }
+  // Recovery may launch a job's next stage, which needs the bound endpoint.
+  RETURN_IF_ERROR(c->Recover());
+  Coordinator* self = c.get();
+  ASSIGN_OR_RETURN(c->http_, HttpServer::Start(c->options_.http_address, c->options_.http_port,
+                                               [self](const HttpRequest& r) { return self->Route(r); }));
+  c->receiver_ = std::thread([self, ctx, sock]() mutable {
+    zmq::pollitem_t item{static_cast<void*>(*sock), 0, ZMQ_POLLIN, 0};
+    std::vector<zmq::message_t> parts;
+    std::vector<ControlMessage> batch;
+    while (!self->stop_) {
+      try {
+        zmq::poll(&item, 1, std::chrono::milliseconds(100));
+        batch.clear();
+        for (int i = 0; i < 1024; ++i) {
+          parts.clear();
+          auto n = zmq::recv_multipart(*sock, std::back_inserter(parts), zmq::recv_flags::dontwait);
+          if (!n) break;
+          if (parts.size() != 2) {
+            ++self->msgs_malformed_;
+            VLOG_WARNING("control plane: dropped a message of {} frames (expected one JSON frame)", parts.size() - 1);
+            continue;
+          }
+          auto m = DecodeMessage(parts[1].to_string_view());
+          if (!m.ok()) {
+            ++self->msgs_malformed_;
+            VLOG_WARNING("control plane: dropped a malformed message: {}", m.status().message());
+            continue;
+          }
+          batch.push_back(std::move(*m));
+        }
+        if (!batch.empty()) {
+          std::lock_guard<std::mutex> lock(self->mu_);
+          for (const auto& m : batch) self->Handle(m);
+        }
+      } catch (const zmq::error_t& e) {
+        VLOG_ERROR("control plane: {}", e.what());
+      }
+    }
+    sock->close();
+  });
+  c->supervisor_ = std::thread([self] { self->SuperviseLoop(); });
+  VLOG_INFO("coordinator: HTTP on {}:{}, workers on {}, state in {}", c->options_.http_address, c->http_->port(),
+            c->zmq_bound_, c->options_.state_dir);
+  return c;
+}
+
+void Coordinator::Stop() {
+  if (stop_.exchange(true)) return;
+  RequestShutdown();
+  if (http_) http_->Stop();
+  if (receiver_.joinable()) receiver_.join();
+  if (supervisor_.joinable()) supervisor_.join();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    FlushMetrics();
+  }
+}
+
+void Coordinator::RequestShutdown() {
+  {
+    std::lock_guard<std::mutex> lock(wait_mu_);
+    shutdown_requested_ = true;
+  }
+  wait_cv_.notify_all();
+}
+
+void Coordinator::Wait() {
+  std::unique_lock<std::mutex> lock(wait_mu_);
+  wait_cv_.wait(lock, [this] { return shutdown_requested_; });
+}
+
+bool Coordinator::WaitFor(double seconds) {
+  std::unique_lock<std::mutex> lock(wait_mu_);
+  return wait_cv_.wait_for(lock, std::chrono::duration<double>(seconds), [this] { return shutdown_requested_; });
+}
+
+int Coordinator::http_port() const { return http_ ? http_->port() : 0; }
+
+JobRecord* Coordinator::Find(const std::string& id) {
+  auto it = jobs_.find(id);
+  return it == jobs_.end() ? nullptr : &it->second;
+}
+
+void Coordinator::Persist(JobRecord& job) {
+  Status s = store_->PutJob(job);
+  if (!s.ok()) VLOG_ERROR("coordinator: cannot persist job {}: {}", job.id, s.ToString());
+  runtime_[job.id].job_dirty = false;
+}
+
+void Coordinator::Event(JobRecord& job, const std::string& kind, const std::string& message, nlohmann::json fields) {
+  JobEvent e;
+  e.time = Now();
+  e.kind = kind;
+  e.message = message;
+  e.fields = std::move(fields);
+  auto seq = store_->AppendEvent(job.id, e);
+  if (!seq.ok()) VLOG_ERROR("coordinator: cannot append an event to {}: {}", job.id, seq.status().ToString());
+  VLOG_INFO("job {}: {}: {}", job.id, kind, message);
+}
+
+void Coordinator::Transition(JobRecord& job, JobState to) {
+  if (job.state == to) return;
+  if (!CanTransition(job.state, to)) {
+    VLOG_ERROR("job {}: refusing transition {} -> {}", job.id, JobStateName(job.state), JobStateName(to));
+    return;
+  }
+  job.state = to;
+  if (IsTerminal(to)) job.finished_at = Now();
+  Persist(job);
+}
+
+Status Coordinator::Recover() {
+  ASSIGN_OR_RETURN(std::vector<JobRecord> jobs, store_->LoadJobs());
+  std::lock_guard<std::mutex> lock(mu_);
+  const double now = Now();
+  for (auto& loaded : jobs) {
+    auto [it, inserted] = jobs_.emplace(loaded.id, std::move(loaded));
+    JobRecord& job = it->second;
+    auto ranks = store_->LoadRanks(job.id);
+    if (ranks.ok()) {
+      for (auto& r : *ranks) {
+        if (r.incarnation != job.incarnation) continue;
+        r.last_heartbeat = now;  // a grace period: workers reconnect on their own
+        if (r.coll_inside) r.coll_since = now;
+        job.ranks[r.rank] = r;
+      }
+    }
+    Runtime& rt = runtime_[job.id];
+    rt.all_registered = job.np > 0 && static_cast<int>(job.ranks.size()) >= job.np;
+    if (job.launcher_pid > 0) {
+      if (StillRunning(static_cast<pid_t>(job.launcher_pid), job.launcher_start_ticks)) {
+        rt.adopted = true;
+        Event(job, "adopted",
+              fmt::format("coordinator restarted; mpirun (pid {}) of incarnation {} still runs, tracking it again",
+                          job.launcher_pid, job.incarnation));
+      } else if (!IsTerminal(job.state) || job.state == JobState::kCancelled) {
+        OnLauncherExit(job, -1, 0, false);
+      }
+    }
+  }
+  if (!jobs_.empty()) VLOG_INFO("coordinator: recovered {} jobs from {}", jobs_.size(), options_.state_dir);
+  return Status::OK();
+}
+
+std::string Coordinator::DescribeRank(const JobRecord& job, int rank) const {
+  auto it = job.ranks.find(rank);
+  if (it == job.ranks.end()) return fmt::format("rank {}", rank);
+  return fmt::format("rank {} (host {}, pid {})", rank, it->second.host, it->second.pid);
+}
+
+void Coordinator::Handle(const ControlMessage& m) {
+  const double now = Now();
+  JobRecord* job = Find(m.job);
+  if (job == nullptr) {
+    if (m.type != MessageType::kRegister || !m.attach || jobs_.size() >= kMaxJobs) {
+      ++msgs_unknown_job_;
+      return;
+    }
+    // Attach mode: the user started mpirun; track the job from its first registration.
+    JobRecord j;
+    j.id = m.job;
+    j.name = m.job;
+    j.spec_path = m.spec;
+    j.run_dir = m.run_dir;
+    j.np = m.world;
+    j.attached = true;
+    j.incarnation = m.incarnation;
+    j.submitted_at = j.started_at = now;
+    j.restart_budget = 0;
+    if (auto spec = LoadJobSpec(m.spec); spec.ok()) {
+      j.name = spec->name;
+      for (const auto& s : spec->stages) {
+        StageRecord st;
+        st.name = s.name;
+        j.stages.push_back(st);
+      }
+    }
+    j.state = JobState::kRunning;
+    job = &jobs_.emplace(j.id, std::move(j)).first->second;
+    Persist(*job);
+    Event(*job, "attached",
+          fmt::format("{} ranks started outside the coordinator (attach mode); tracking only, no restarts", m.world));
+  }
+  if (job->attached && m.incarnation > job->incarnation) {
+    job->incarnation = m.incarnation;
+    job->ranks.clear();
+    runtime_[job->id].all_registered = false;
+    if (IsTerminal(job->state)) {
+      job->state = JobState::kRunning;  // the user re-ran mpirun: a new attached run
+      job->finished_at = 0;
+    }
+    Persist(*job);
+  }
+  if (m.incarnation != job->incarnation) {
+    ++msgs_stale_;
+    return;
+  }
+  ++msgs_ok_;
+  Runtime& rt = runtime_[job->id];
+  RankInfo& r = job->ranks[m.rank];
+  r.rank = m.rank;
+  r.incarnation = m.incarnation;
+  r.last_heartbeat = now;
+  rt.ranks_dirty = true;
+  auto stage_record = [&](const std::string& name) -> StageRecord* {
+    for (auto& s : job->stages)
+      if (s.name == name) return &s;
+    return nullptr;
+  };
+  switch (m.type) {
+    case MessageType::kRegister: {
+      r.host = m.host;
+      r.pid = m.pid;
+      r.registered_at = now;
+      r.stage = m.stage;
+      const int registered = static_cast<int>(std::count_if(job->ranks.begin(), job->ranks.end(),
+                                                            [](const auto& kv) { return kv.second.registered_at > 0; }));
+      if (!rt.all_registered && registered >= std::max(job->np, m.world)) {
+        rt.all_registered = true;
+        std::map<std::string, int> hosts;
+        for (const auto& [_, info] : job->ranks) ++hosts[info.host];
+        std::string where;
+        for (const auto& [h, n] : hosts) where += fmt::format("{}{} ({})", where.empty() ? "" : ", ", h, n);
+        if (job->state == JobState::kLaunching) Transition(*job, JobState::kRunning);
+        if (StageRecord* s = stage_record(m.stage)) s->status = "running";
+        Event(*job, "running",
+              fmt::format("incarnation {}: all {} ranks registered on {}; stage '{}'", job->incarnation, m.world, where,
+                          m.stage),
+              {{"incarnation", job->incarnation}, {"stage", m.stage}});
+        Persist(*job);
+      }
+      break;
+    }
+    case MessageType::kHeartbeat:
+      if (m.collective) {
+        r.coll_group = m.collective->group;
+        r.coll_op = m.collective->op;
+        r.coll_seq = m.collective->seq;
+        r.coll_inside = m.collective->inside;
+        r.coll_since = now - m.collective->seconds;
+        r.coll_group_size = m.collective->group_size;
+      }
+      break;
+    case MessageType::kProgress: {
+      r.stage = m.stage;
+      r.step = m.step;
+      r.loss = m.loss;
+      r.samples_per_second = m.samples_per_second;
+      r.data_wait_seconds = m.data_wait_seconds;
+      if (m.rank != 0) break;
+      if (StageRecord* s = stage_record(m.stage)) {
+        s->step = m.step;
+        if (m.total_steps > 0) s->total_steps = m.total_steps;
+        s->status = "running";
+      }
+      job->loss = m.loss;
+      job->samples_per_second = m.samples_per_second;
+      if (job->last_progress_step >= 0 && m.step > job->last_progress_step && now > job->last_progress_at) {
+        const double inst = static_cast<double>(m.step - job->last_progress_step) / (now - job->last_progress_at);
+        job->steps_per_second = job->steps_per_second > 0 ? 0.7 * job->steps_per_second + 0.3 * inst : inst;
+      }
+      if (m.step != job->last_progress_step) job->last_progress_step = m.step, job->last_progress_at = now;
+      rt.job_dirty = true;
+      break;
+    }
+    case MessageType::kCheckpoint:
+      if (StageRecord* s = stage_record(m.stage)) {
+        s->last_checkpoint = m.checkpoint;
+        s->last_checkpoint_step = m.step;
+      }
+      Event(*job, "checkpoint", fmt::format("stage '{}' step {} committed: {}", m.stage, m.step, m.checkpoint),
+            {{"stage", m.stage}, {"step", m.step}, {"checkpoint", m.checkpoint}});
+      Persist(*job);
+      break;
+    case MessageType::kStageDone:
+      if (m.rank != 0) break;
+      if (StageRecord* s = stage_record(m.stage)) {
+        s->status = "done";
+        s->step = m.step;
+        s->last_checkpoint = m.checkpoint;
+        s->last_checkpoint_step = m.step;
+      }
+      Event(*job, "stage_done", fmt::format("stage '{}' sealed after {} steps: {}", m.stage, m.step, m.checkpoint),
+            {{"stage", m.stage}, {"step", m.step}, {"checkpoint", m.checkpoint}});
+      if (job->attached && !job->stages.empty() && job->stages.back().name == m.stage) {
+        Transition(*job, JobState::kSucceeded);
+        Event(*job, "succeeded", "the last stage is sealed");
+      }
+      Persist(*job);
+      break;
+    case MessageType::kError: {
+      const std::string cause = fmt::format("{} reported: {}", DescribeRank(*job, m.rank), m.cause.substr(0, 2000));
+      Event(*job, "error", cause, {{"rank", m.rank}, {"stage", m.stage}});
+      if (job->pending_cause.empty()) job->pending_cause = cause;
+      if (job->attached) {
+        job->failure_causes.push_back(cause);
+        Transition(*job, JobState::kFailed);
+      }
+      Persist(*job);
+      break;
+    }
+  }
+}
+
+void Coordinator::Launch(JobRecord& job) {
+  Runtime& rt = runtime_[job.id];
+  auto fail = [&](const std::string& cause) {
+    job.failure_causes.push_back(cause);
+    Transition(job, JobState::kLaunching);
+    Transition(job, JobState::kFailed);
+    Event(job, "failed", cause);
+    Persist(job);
+  };
+  auto spec = LoadJobSpec(job.spec_path);
+  if (!spec.ok()) return fail(fmt::format("cannot launch: {}", spec.status().message()));
+  auto progress = ReadJobProgress(*spec, job.run_dir);
+  if (!progress.ok()) return fail(fmt::format("cannot read stage state: {}", progress.status().message()));
+  int next = -1;
+  for (size_t i = 0; i < progress->size(); ++i) {
+    const auto& p = (*progress)[i];
+    if (i < job.stages.size()) {
+      if (p.status == StageStatus::kSealed) {
+        job.stages[i].status = "done";
+        job.stages[i].last_checkpoint = p.seal->checkpoint;
+        job.stages[i].step = p.seal->steps;
+        job.stages[i].last_checkpoint_step = p.seal->steps;
+      } else if (p.latest_step >= 0) {
+        job.stages[i].last_checkpoint_step = p.latest_step;
+      }
+    }
+    if (next < 0 && p.status != StageStatus::kSealed) next = static_cast<int>(i);
+  }
+  if (next < 0) {
+    job.current_stage = static_cast<int>(job.stages.size()) - 1;
+    Transition(job, JobState::kLaunching);
+    Transition(job, JobState::kRunning);
+    Transition(job, JobState::kSucceeded);
+    Event(job, "succeeded", "every stage is sealed");
+    return;
+  }
+  job.current_stage = next;
+  const std::string& stage = job.stages[next].name;
+  job.incarnation += 1;
+  job.ranks.clear();
+  job.pending_cause.clear();
+  job.last_progress_step = -1;
+  job.steps_per_second = 0;
+  rt = Runtime{};
+  job.log_dir = (fs::path(job.run_dir) / "logs" / fmt::format("incarnation-{}", job.incarnation)).string();
+  std::error_code ec;
+  fs::create_directories(fs::path(job.log_dir) / "ranks", ec);
+  if (ec) return fail(fmt::format("cannot create log directory {}: {}", job.log_dir, ec.message()));
+
+  std::string endpoint = zmq_bound_;
+  if (auto pos = endpoint.find("0.0.0.0"); pos != std::string::npos) endpoint.replace(pos, 7, Hostname());
+  LaunchCommand c;
+  c.mpirun = options_.mpirun;
+  c.np = job.np;
+  c.hostfile = job.hostfile;
+  c.output_dir = (fs::path(job.log_dir) / "ranks").string();
+  c.env = DefaultForwardedEnv();
+  for (const auto& [k, v] : job.env) c.env[k] = v;
+  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  c.oversubscribe = c.env.count("VLORCH_OVERSUBSCRIBE") ? c.env["VLORCH_OVERSUBSCRIBE"] == "1"
+                                                        : job.hostfile.empty() && job.np > static_cast<int>(cores);
+  c.env.erase("VLORCH_OVERSUBSCRIBE");
+  c.program = {options_.worker_binary,
+               "--job", job.spec_path,
+               "--stage", stage,
+               "--run-dir", job.run_dir,
+               "--coordinator", endpoint,
+               "--job-id", job.id,
+               "--incarnation", std::to_string(job.incarnation),
+               "--heartbeat-interval", fmt::format("{}", options_.heartbeat_interval_s),
+               "--preempted-exit-code", std::to_string(options_.preempted_exit_code)};
+  const std::vector<std::string> argv = ComposeMpirun(c);
+  auto proc = Spawn(argv, c.env, (fs::path(job.log_dir) / "mpirun.log").string());
+  if (!proc.ok()) return fail(proc.status().message());
+  job.launcher_pid = proc->pid;
+  job.launcher_start_ticks = proc->start_ticks;
+  if (job.started_at == 0) job.started_at = Now();
+  Transition(job, JobState::kLaunching);
+  Event(job, "launched",
+        fmt::format("incarnation {}: stage '{}' ({}/{}) on {} ranks, mpirun pid {}", job.incarnation, stage, next + 1,
+                    job.stages.size(), job.np, proc->pid),
+        {{"incarnation", job.incarnation}, {"stage", stage}, {"command", JoinArgv(argv)}, {"log_dir", job.log_dir}});
+  Persist(job);
+}
+
+void Coordinator::StopIncarnation(JobRecord& job, const std::string& cause) {
+  if (!job.pending_cause.empty()) return;  // already stopping
+  job.pending_cause = cause;
+  Event(job, "failure_detected", cause + "; stopping the incarnation", {{"incarnation", job.incarnation}});
+  Persist(job);
+  // The ranks are broken: no graceful checkpoint, restart from the last committed one.
+  Terminate(static_cast<pid_t>(job.launcher_pid), /*force=*/true);
+  const std::string host = Hostname();
+  for (const auto& [rank, info] : job.ranks) {
+    if (info.host == host && info.pid > 0) ::kill(static_cast<pid_t>(info.pid), SIGKILL);
+  }
+  runtime_[job.id].stop_requested_at = Now();
+}
+
+void Coordinator::OnLauncherExit(JobRecord& job, int code, int signal, bool known) {
+  Runtime& rt = runtime_[job.id];
+  job.launcher_pid = 0;
+  job.launcher_start_ticks = 0;
+  rt.adopted = false;
+  rt.stop_requested_at = 0;
+  ExitStatus es{code, signal};
+  const std::string how = known ? "mpirun " + es.ToString() : "mpirun ended while no coordinator watched it";
+  if (job.state == JobState::kCancelled) {
+    Event(job, "stopped", fmt::format("incarnation {} stopped ({})", job.incarnation, how));
+    Persist(job);
+    return;
+  }
+  if (job.current_stage < 0 || job.current_stage >= static_cast<int>(job.stages.size())) return;
+  StageRecord& stage = job.stages[job.current_stage];
+  auto seal = ReadStageSeal(job.run_dir, stage.name);
+  if (seal.ok() && seal->has_value()) {
+    if (stage.status != "done") {
+      stage.status = "done";
+      stage.step = (*seal)->steps;
+      stage.last_checkpoint = (*seal)->checkpoint;
+      stage.last_checkpoint_step = (*seal)->steps;
+      Event(job, "stage_done", fmt::format("stage '{}' sealed after {} steps: {}", stage.name, (*seal)->steps,
+                                           (*seal)->checkpoint));
+    }
+    if (job.current_stage + 1 == static_cast<int>(job.stages.size())) {
+      if (job.state == JobState::kLaunching) Transition(job, JobState::kRunning);
+      Transition(job, JobState::kSucceeded);
+      Event(job, "succeeded", fmt::format("all {} stages sealed; {} restarts", job.stages.size(), job.restarts));
+      return;
+    }
+    if (job.state == JobState::kLaunching) Transition(job, JobState::kRunning);
+    Launch(job);  // the next stage
+    return;
+  }
+  if (known && code == options_.preempted_exit_code) {
+    Event(job, "preempted", fmt::format("incarnation {} was preempted (SIGTERM) and committed a checkpoint; requeued",
+                                        job.incarnation));
+    Transition(job, JobState::kQueued);
+    return;
+  }
+  std::string cause = job.pending_cause;
+  const std::string log = ReadTail((fs::path(job.log_dir) / "mpirun.log").string(), 64 * 1024);
+  if (cause.empty()) {
+    std::string culprit = MpirunCulprit(log);
+    std::smatch m;
+    if (!culprit.empty() && std::regex_search(culprit, m, std::regex(R"(^rank (\d+))"))) {
+      const int rank = std::stoi(m[1].str());
+      auto it = job.ranks.find(rank);
+      if (it != job.ranks.end()) culprit += fmt::format(" (pid {})", it->second.pid);
+    }
+    cause = culprit.empty() ? how : culprit;
+  }
+  cause += fmt::format(" in stage '{}'", stage.name);
+  if (stage.last_checkpoint_step >= 0) cause += fmt::format(" (last committed step {})", stage.last_checkpoint_step);
+  job.failure_causes.push_back(cause);
+  if (job.state == JobState::kLaunching) {
+    // fine: launching -> restarting/failed are edges
+  }
+  if (known && code == 2 && job.pending_cause.empty()) {
+    const std::string detail = LastErrorLine(log);
+    Transition(job, JobState::kFailed);
+    Event(job, "failed",
+          fmt::format("bad input, not restarting: {}{}; fix it and run `vlorch resume {}`", cause,
+                      detail.empty() ? "" : ": " + detail, job.id),
+          {{"cause", cause}});
+    return;
+  }
+  if (job.restarts < job.restart_budget) {
+    job.restarts += 1;
+    const double delay =
+        std::min(options_.backoff_max_s, options_.backoff_initial_s * std::pow(2.0, job.restarts - 1));
+    job.next_launch_at = Now() + delay;
+    Transition(job, JobState::kRestarting);
+    Event(job, "restarting",
+          fmt::format("{}; restart {}/{} in {:.1f} s from the last committed checkpoint", cause, job.restarts,
+                      job.restart_budget, delay),
+          {{"cause", cause}, {"restarts", job.restarts}, {"delay_s", delay}});
+  } else {
+    Transition(job, JobState::kFailed);
+    Event(job, "failed",
+          fmt::format("{}; the restart budget ({}) is spent; `vlorch resume {}` continues from the last committed "
+                      "checkpoint",
+                      cause, job.restart_budget, job.id),
+          {{"cause", cause}});
+  }
+  Persist(job);
+}
+
+void Coordinator::CheckLiveness(JobRecord& job, double now) {
+  if (!job.pending_cause.empty()) return;
+  // Lost heartbeats.
+  for (const auto& [rank, info] : job.ranks) {
+    if (info.registered_at <= 0) continue;
+    const double age = now - info.last_heartbeat;
+    if (age > options_.heartbeat_timeout_s) {
+      const std::string cause = fmt::format("{} sent no heartbeat for {:.1f} s (timeout {:.0f} s); last seen in stage "
+                                            "'{}' at step {}",
+                                            DescribeRank(job, rank), age, options_.heartbeat_timeout_s, info.stage, info.step);
+      if (job.attached) {
+        job.failure_causes.push_back(cause);
+        Event(job, "failed", cause + " (attach mode: the coordinator does not restart jobs it did not launch)");
+        Transition(job, JobState::kFailed);
+      } else {
+        StopIncarnation(job, cause);
+      }
+      return;
+    }
+  }
+  // Hangs: ranks waiting in the same collective for longer than the timeout while others of
+  // the group have not entered it.
+  const RankInfo* oldest = nullptr;
+  for (const auto& [rank, info] : job.ranks) {
+    if (info.coll_inside && now - info.coll_since > options_.hang_timeout_s && (!oldest || info.coll_since < oldest->coll_since))
+      oldest = &info;
+  }
+  if (oldest == nullptr) return;
+  std::vector<int> waiting, missing;
+  for (const auto& [rank, info] : job.ranks) {
+    if (info.coll_inside && info.coll_group == oldest->coll_group && info.coll_seq == oldest->coll_seq) waiting.push_back(rank);
+  }
+  const int group_size = oldest->coll_group_size > 0 ? oldest->coll_group_size : std::max(job.np, static_cast<int>(job.ranks.size()));
+  if (static_cast<int>(waiting.size()) >= group_size) return;  // all entered: slow, not hung (the communicator times out)
+  // Candidates: ranks not waiting there; those furthest behind on that group first.
+  std::vector<const RankInfo*> behind;
+  for (const auto& [rank, info] : job.ranks) {
+    if (std::find(waiting.begin(), waiting.end(), rank) == waiting.end()) behind.push_back(&info);
+  }
+  for (int r = 0; r < std::max(job.np, group_size); ++r) {
+    if (job.ranks.count(r) == 0) missing.push_back(r);  // never reported at all
+  }
+  std::sort(behind.begin(), behind.end(), [&](const RankInfo* a, const RankInfo* b) {
+    const uint64_t sa = a->coll_group == oldest->coll_group ? a->coll_seq : 0;
+    const uint64_t sb = b->coll_group == oldest->coll_group ? b->coll_seq : 0;
+    return sa < sb;
+  });
+  const size_t culprits = static_cast<size_t>(group_size) - waiting.size();
+  std::vector<std::string> names;
+  for (size_t i = 0; i < behind.size() && names.size() < culprits; ++i) {
+    const RankInfo& b = *behind[i];
+    std::string last = b.coll_op.empty()
+                           ? "it has made no communicator call yet"
+                           : fmt::format("its last call was {} #{} on group '{}', {} {:.1f} s ago", b.coll_op, b.coll_seq,
+                                         b.coll_group, b.coll_inside ? "entered" : "left", now - b.coll_since);
+    names.push_back(fmt::format("{} ({}; stage '{}', step {})", DescribeRank(job, b.rank), last, b.stage, b.step));
+  }
+  for (int r : missing) {
+    if (names.size() < culprits) names.push_back(fmt::format("rank {} (never registered)", r));
+  }
+  std::string waiting_list;
+  for (int r : waiting) waiting_list += (waiting_list.empty() ? "" : ", ") + std::to_string(r);
+  StopIncarnation(job, fmt::format("hang: {} has not entered {} #{} on group '{}', where ranks {} have waited {:.1f} s "
+                                   "(timeout {:.0f} s)",
+                                   fmt::join(names, "; "), oldest->coll_op, oldest->coll_seq, oldest->coll_group,
+                                   waiting_list, now - oldest->coll_since, options_.hang_timeout_s));
+}
+
+void Coordinator::FlushMetrics() {
+  for (auto& [id, job] : jobs_) {
+    Runtime& rt = runtime_[id];
+    if (rt.ranks_dirty) {
+      std::vector<RankInfo> ranks;
+      for (const auto& [r, info] : job.ranks) ranks.push_back(info);
+      Status s = store_->PutRanks(id, ranks);
+      if (!s.ok()) VLOG_ERROR("coordinator: {}", s.ToString());
+      rt.ranks_dirty = false;
+    }
+    if (rt.job_dirty) Persist(job);
+  }
+}
+
+void Coordinator::SuperviseLoop() {
+  double last_flush = Now();
+  while (!stop_) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    std::lock_guard<std::mutex> lock(mu_);
+    const double now = Now();
+    int active = 0;
+    for (const auto& [id, job] : jobs_) {
+      if (!job.attached && (job.state == JobState::kLaunching || job.state == JobState::kRunning)) ++active;
+    }
+    for (auto& [id, job] : jobs_) {
+      Runtime& rt = runtime_[id];
+      if (job.launcher_pid > 0) {
+        const pid_t pid = static_cast<pid_t>(job.launcher_pid);
+        if (rt.adopted) {
+          if (!StillRunning(pid, job.launcher_start_ticks)) OnLauncherExit(job, -1, 0, false);
+        } else if (auto exit = Reap(pid)) {
+          OnLauncherExit(job, exit->code, exit->signal, exit->code >= 0 || exit->signal != 0);
+        }
+        if (job.launcher_pid > 0 && rt.stop_requested_at > 0 && now - rt.stop_requested_at > options_.terminate_grace_s) {
+          Terminate(pid, /*force=*/true);
+          rt.stop_requested_at = now;
+        }
+      }
+      switch (job.state) {
+        case JobState::kQueued:
+          if (active < options_.max_running_jobs) {
+            Launch(job);
+            ++active;
+          }
+          break;
+        case JobState::kRestarting:
+          if (now >= job.next_launch_at) Launch(job);
+          break;
+        case JobState::kLaunching:
+        case JobState::kRunning:
+          if (job.attached || job.launcher_pid > 0) CheckLiveness(job, now);
+          break;
+        default:
+          break;
+      }
+    }
+    if (now - last_flush >= 1.0) {
+      FlushMetrics();
+      last_flush = now;
+    }
+  }
+}
+
+StatusOr<std::string> Coordinator::Submit(const SubmitRequest& req) {
+  if (req.spec_path.empty() || req.spec_path[0] != '/')
+    return InvalidArgumentError(fmt::format("spec_path '{}' must be an absolute path the coordinator can read", req.spec_path));
+  ASSIGN_OR_RETURN(JobSpec spec, LoadJobSpec(req.spec_path));
+  ASSIGN_OR_RETURN(std::string yaml, ReadFile(req.spec_path));
+  int np = req.np;
+  int slots = 0;
+  if (!req.hostfile.empty()) {
+    ASSIGN_OR_RETURN(std::vector<HostSlots> hosts, ParseHostfile(req.hostfile));
+    for (const auto& h : hosts) slots += h.slots;
+    if (np == 0) np = slots;
+    if (np > slots)
+      return InvalidArgumentError(fmt::format("{} ranks asked but hostfile {} has {} slots: pass --np {} or add hosts",
+                                              np, req.hostfile, slots, slots));
+  }
+  if (np == 0) np = std::max(1, spec.layout.tp * std::max(1, spec.layout.dp));
+  if (np < 0 || np > 65536) return InvalidArgumentError(fmt::format("np {} is out of range", np));
+  auto plan = PlanJob(spec, np);
+  if (!plan.ok())
+    return InvalidArgumentError(fmt::format("{} cannot run on {} ranks: {}", req.spec_path, np, plan.status().message()));
+  for (const auto& [k, v] : req.env) {
+    if (k.empty() || k.find('=') != std::string::npos)
+      return InvalidArgumentError(fmt::format("environment variable name '{}' is not valid", k));
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (jobs_.size() >= kMaxJobs) return UnavailableError("the coordinator holds too many jobs");
+  for (const auto& [id, other] : jobs_) {
+    if (!IsTerminal(other.state) && other.run_dir == spec.run_dir)
+      return FailedPreconditionError(fmt::format("job {} ({}) already uses run directory {}: cancel it, wait for it, "
+                                                 "or set another run_dir in {}",
+                                                 id, JobStateName(other.state), spec.run_dir, req.spec_path));
+  }
+  ASSIGN_OR_RETURN(int64_t number, store_->NextJobNumber());
+  JobRecord job;
+  job.id = fmt::format("{}-{}", Sanitize(spec.name), number);
+  job.name = spec.name;
+  job.spec_path = req.spec_path;
+  job.spec_yaml = yaml.substr(0, 256 * 1024);
+  job.run_dir = spec.run_dir;
+  job.np = np;
+  job.hostfile = req.hostfile;
+  job.env = req.env;
+  job.restart_budget = req.restart_budget >= 0 ? req.restart_budget : options_.default_restart_budget;
+  job.submitted_at = Now();
+  for (size_t i = 0; i < spec.stages.size(); ++i) {
+    StageRecord s;
+    s.name = spec.stages[i].name;
+    if (i < plan->stages.size() && plan->stages[i].steps > 0) s.total_steps = plan->stages[i].steps;
+    job.stages.push_back(s);
+  }
+  const std::string id = job.id;
+  JobRecord& stored = jobs_.emplace(id, std::move(job)).first->second;
+  Persist(stored);
+  Event(stored, "submitted",
+        fmt::format("{} ({} stages) on {} ranks{}, restart budget {}", req.spec_path, stored.stages.size(), np,
+                    req.hostfile.empty() ? "" : " from " + req.hostfile, stored.restart_budget),
+        {{"np", np}, {"layout", plan->layout.ToString()}});
+  return id;
+}
+
+Status Coordinator::Cancel(const std::string& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  JobRecord* job = Find(id);
+  if (job == nullptr) return NotFoundError(fmt::format("no job '{}'; `vlorch jobs` lists them", id));
+  if (IsTerminal(job->state))
+    return FailedPreconditionError(fmt::format("job {} is already {}", id, JobStateName(job->state)));
+  if (job->launcher_pid > 0) {
+    job->pending_cause = "cancelled by the user";
+    Terminate(static_cast<pid_t>(job->launcher_pid), /*force=*/false);  // ranks commit a checkpoint on SIGTERM
+    runtime_[id].stop_requested_at = Now();
+  }
+  Transition(*job, JobState::kCancelled);
+  Event(*job, "cancelled", job->launcher_pid > 0 ? "cancelled; mpirun got SIGTERM (SIGKILL after the grace period)" : "cancelled");
+  return Status::OK();
+}
+
+Status Coordinator::Resume(const std::string& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  JobRecord* job = Find(id);
+  if (job == nullptr) return NotFoundError(fmt::format("no job '{}'; `vlorch jobs` lists them", id));
+  if (job->attached)
+    return FailedPreconditionError(fmt::format("job {} was started outside the coordinator (attach mode): run your "
+                                               "mpirun command again to resume it",
+                                               id));
+  if (job->state != JobState::kFailed && job->state != JobState::kCancelled)
+    return FailedPreconditionError(fmt::format("job {} is {}; only failed or cancelled jobs resume", id, JobStateName(job->state)));
+  if (job->launcher_pid > 0)
+    return FailedPreconditionError(fmt::format("job {}'s previous mpirun (pid {}) is still stopping; try again in a few "
+                                               "seconds",
+                                               id, job->launcher_pid));
+  job->restart_budget = job->restarts + options_.default_restart_budget;
+  job->finished_at = 0;
+  Transition(*job, JobState::kQueued);
+  Event(*job, "resumed", fmt::format("resumed from the last committed checkpoint; restart budget now {}", job->restart_budget));
+  return Status::OK();
+}
+
+StatusOr<nlohmann::json> Coordinator::Job(const std::string& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  JobRecord* job = Find(id);
+  if (job == nullptr) return NotFoundError(fmt::format("no job '{}'; `vlorch jobs` lists them", id));
+  nlohmann::json j = ToJson(*job, true);
+  const double now = Now();
+  for (auto& r : j["ranks"]) r["heartbeat_age_s"] = now - r["last_heartbeat"].get<double>();
+  double eta = -1;
+  if (job->current_stage < static_cast<int>(job->stages.size())) {
+    const auto& s = job->stages[job->current_stage];
+    if (s.total_steps > 0 && job->steps_per_second > 0) eta = static_cast<double>(s.total_steps - s.step) / job->steps_per_second;
+  }
+  j["eta_seconds"] = eta;
+  j.erase("spec_yaml");
+  return j;
+}
+
+nlohmann::json Coordinator::Jobs() {
+  std::lock_guard<std::mutex> lock(mu_);
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& [id, job] : jobs_) {
+    const StageRecord* s = job.current_stage < static_cast<int>(job.stages.size()) ? &job.stages[job.current_stage] : nullptr;
+    out.push_back({{"id", id},
+                   {"name", job.name},
+                   {"state", JobStateName(job.state)},
+                   {"stage", s ? s->name : ""},
+                   {"stage_index", job.current_stage},
+                   {"stages", job.stages.size()},
+                   {"step", s ? s->step : 0},
+                   {"total_steps", s ? s->total_steps : 0},
+                   {"loss", job.loss},
+                   {"restarts", job.restarts},
+                   {"np", job.np},
+                   {"attached", job.attached},
+                   {"submitted_at", job.submitted_at}});
+  }
+  return out;
+}
+
+StatusOr<nlohmann::json> Coordinator::Events(const std::string& id, int64_t after) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (Find(id) == nullptr) return NotFoundError(fmt::format("no job '{}'; `vlorch jobs` lists them", id));
+  ASSIGN_OR_RETURN(std::vector<JobEvent> events, store_->Events(id, after));
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& e : events) out.push_back(ToJson(e));
+  return out;
+}
+
+StatusOr<nlohmann::json> Coordinator::Logs(const std::string& id, int rank, const std::string& stream,
+                                           int64_t incarnation, int64_t offset, int64_t max_bytes) {
+  std::string dir, run_dir;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    JobRecord* job = Find(id);
+    if (job == nullptr) return NotFoundError(fmt::format("no job '{}'; `vlorch jobs` lists them", id));
+    dir = job->log_dir;
+    run_dir = job->run_dir;
+    if (incarnation >= 0) dir = (fs::path(run_dir) / "logs" / fmt::format("incarnation-{}", incarnation)).string();
+  }
+  if (dir.empty()) return NotFoundError(fmt::format("job {} has not been launched yet: no logs", id));
+  if (stream != "stdout" && stream != "stderr") return InvalidArgumentError("stream must be stdout or stderr");
+  std::string path;
+  if (rank < 0) {
+    path = (fs::path(dir) / "mpirun.log").string();
+  } else {
+    // Open MPI's --output-filename layout: <dir>/<job family>/rank.<r>/<stream>
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(fs::path(dir) / "ranks", ec)) {
+      const fs::path p = e.path() / fmt::format("rank.{}", rank) / stream;
+      if (fs::exists(p, ec)) path = p.string();
+    }
+    if (path.empty()) return NotFoundError(fmt::format("job {} has no {} log for rank {} in {}", id, stream, rank, dir));
+  }
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  if (!in) return NotFoundError(fmt::format("{} cannot be read", path));
+  const int64_t size = static_cast<int64_t>(in.tellg());
+  offset = std::clamp<int64_t>(offset, 0, size);
+  const int64_t n = std::min<int64_t>(std::min<int64_t>(max_bytes, kMaxLogRead), size - offset);
+  std::string data(static_cast<size_t>(std::max<int64_t>(n, 0)), '\0');
+  in.seekg(offset);
+  in.read(data.data(), static_cast<std::streamsize>(data.size()));
+  return nlohmann::json{{"path", path}, {"offset", offset}, {"next_offset", offset + n}, {"size", size}, {"data", data}};
+}
+
+nlohmann::json Coordinator::Health() {
+  return {{"ok", true},
+          {"protocol", kProtocolVersion},
+          {"pid", ::getpid()},
+          {"state_dir", options_.state_dir},
+          {"http", fmt::format("{}:{}", options_.http_address, http_port())},
+          {"zmq", zmq_bound_},
+          {"uptime_s", Now() - started_at_},
+          {"messages", {{"ok", msgs_ok_.load()},
+                        {"malformed", msgs_malformed_.load()},
+                        {"stale", msgs_stale_.load()},
+                        {"unknown_job", msgs_unknown_job_.load()}}}};
+}
+
+std::string Coordinator::Metrics() {
+  std::string out;
+  auto head = [&](const char* name, const char* help, const char* type) {
+    out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
+  };
+  auto esc = [](const std::string& s) {
+    std::string o;
+    for (char c : s) {
+      if (c == '\\' || c == '"') o += '\\';
+      if (c == '\n') {
+        o += "\\n";
+        continue;
+      }
+      o += c;
+    }
+    return o;
+  };
+  head("vlorch_coordinator_messages_total", "control-plane messages received, by outcome", "counter");
+  out += fmt::format("vlorch_coordinator_messages_total{{result=\"ok\"}} {}\n", msgs_ok_.load());
+  out += fmt::format("vlorch_coordinator_messages_total{{result=\"malformed\"}} {}\n", msgs_malformed_.load());
+  out += fmt::format("vlorch_coordinator_messages_total{{result=\"stale_incarnation\"}} {}\n", msgs_stale_.load());
+  out += fmt::format("vlorch_coordinator_messages_total{{result=\"unknown_job\"}} {}\n", msgs_unknown_job_.load());
+  head("vlorch_coordinator_http_requests_total", "HTTP requests served", "counter");
+  out += fmt::format("vlorch_coordinator_http_requests_total {}\n", http_requests_.load());
+  std::lock_guard<std::mutex> lock(mu_);
+  const double now = Now();
+  head("vlorch_job_state", "1 for the job's current state", "gauge");
+  for (const auto& [id, job] : jobs_)
+    out += fmt::format("vlorch_job_state{{job=\"{}\",state=\"{}\"}} 1\n", esc(id), JobStateName(job.state));
+  head("vlorch_job_step", "optimizer step of the current stage", "gauge");
+  for (const auto& [id, job] : jobs_) {
+    if (job.current_stage >= static_cast<int>(job.stages.size())) continue;
+    const auto& s = job.stages[job.current_stage];
+    out += fmt::format("vlorch_job_step{{job=\"{}\",stage=\"{}\"}} {}\n", esc(id), esc(s.name), s.step);
+  }
+  head("vlorch_job_loss", "training loss reported by rank 0", "gauge");
+  for (const auto& [id, job] : jobs_) out += fmt::format("vlorch_job_loss{{job=\"{}\"}} {}\n", esc(id), job.loss);
+  head("vlorch_job_samples_per_second", "training throughput reported by rank 0", "gauge");
+  for (const auto& [id, job] : jobs_)
+    out += fmt::format("vlorch_job_samples_per_second{{job=\"{}\"}} {}\n", esc(id), job.samples_per_second);
+  head("vlorch_job_restarts", "restarts after failures", "counter");
+  for (const auto& [id, job] : jobs_) out += fmt::format("vlorch_job_restarts{{job=\"{}\"}} {}\n", esc(id), job.restarts);
+  head("vlorch_rank_heartbeat_age_seconds", "seconds since each rank's last message", "gauge");
+  for (const auto& [id, job] : jobs_) {
+    if (IsTerminal(job.state)) continue;
+    for (const auto& [r, info] : job.ranks)
+      out += fmt::format("vlorch_rank_heartbeat_age_seconds{{job=\"{}\",rank=\"{}\",host=\"{}\"}} {:.3f}\n", esc(id), r,
+                         esc(info.host), now - info.last_heartbeat);
+  }
+  return out;
+}
+
+std::string Coordinator::StatusPage() {
+  auto html = [](const std::string& s) {
+    std::string o;
+    for (char c : s) {
+      switch (c) {
+        case '<': o += "&lt;"; break;
+        case '>': o += "&gt;"; break;
+        case '&': o += "&amp;"; break;
+        case '"': o += "&quot;"; break;
+        default: o += c;
+      }
+    }
+    return o;
+  };
+  std::string rows;
+  for (const auto& j : Jobs()) {
+    rows += fmt::format("<tr><td>{}</td><td>{}</td><td>{}</td><td>{}/{}</td><td>{}</td><td>{:.4f}</td><td>{}</td></tr>\n",
+                        html(j["id"].get<std::string>()), html(j["name"].get<std::string>()),
+                        html(j["state"].get<std::string>()), j["step"].get<int64_t>(), j["total_steps"].get<int64_t>(),
+                        html(j["stage"].get<std::string>()), j["loss"].get<double>(), j["restarts"].get<int>());
+  }
+  return "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">"
+         "<title>vlorch coordinator</title><style>body{font-family:sans-serif}td,th{padding:2px 10px}</style></head>"
+         "<body><h1>vlorch coordinator</h1><table><tr><th>job</th><th>name</th><th>state</th><th>step</th>"
+         "<th>stage</th><th>loss</th><th>restarts</th></tr>\n" +
+         rows + "</table><p>JSON: <a href=\"/api/jobs\">/api/jobs</a> · <a href=\"/metrics\">/metrics</a></p></body></html>\n";
+}
+
+HttpResponse Coordinator::Route(const HttpRequest& req) {
+  ++http_requests_;
+  if (!options_.token.empty() && req.authorization != "Bearer " + options_.token)
+    return JsonError(401, "missing or wrong token: send `Authorization: Bearer <token>` (VLORCH_TOKEN for the CLI)");
+  const std::string& p = req.path;
+  auto method_is = [&](const char* m) { return req.method == m; };
+  auto wrong_method = [&] { return JsonError(405, fmt::format("{} is not allowed on {}", req.method, p)); };
+  if (p == "/" || p == "/status") {
+    if (!method_is("GET")) return wrong_method();
+    HttpResponse r;
+    r.content_type = "text/html; charset=utf-8";
+    r.body = StatusPage();
+    return r;
+  }
+  if (p == "/metrics") {
+    if (!method_is("GET")) return wrong_method();
+    HttpResponse r;
+    r.content_type = "text/plain; version=0.0.4";
+    r.body = Metrics();
+    return r;
+  }
+  if (p == "/api/health") return method_is("GET") ? JsonOk(Health()) : wrong_method();
+  if (p == "/api/shutdown") {
+    if (!method_is("POST")) return wrong_method();
+    RequestShutdown();  // the owner's Wait() returns and it stops the coordinator
+    return JsonOk({{"ok", true}});
+  }
+  if (p == "/api/jobs") {
+    if (method_is("GET")) return JsonOk(Jobs());
+    if (!method_is("POST")) return wrong_method();
+    auto j = nlohmann::json::parse(req.body, nullptr, false);
+    if (j.is_discarded() || !j.is_object()) return JsonError(400, "the body must be a JSON object {\"spec_path\": ...}");
+    SubmitRequest s;
+    if (!j.contains("spec_path") || !j["spec_path"].is_string()) return JsonError(400, "field 'spec_path' must be a string");
+    s.spec_path = j["spec_path"];
+    if (j.contains("np")) {
+      if (!j["np"].is_number_integer()) return JsonError(400, "field 'np' must be an integer");
+      s.np = j["np"].get<int>();
+    }
+    if (j.contains("hostfile")) {
+      if (!j["hostfile"].is_string()) return JsonError(400, "field 'hostfile' must be a string");
+      s.hostfile = j["hostfile"];
+    }
+    if (j.contains("restart_budget")) {
+      if (!j["restart_budget"].is_number_integer() || j["restart_budget"].get<int64_t>() < 0 ||
+          j["restart_budget"].get<int64_t>() > 1000)
+        return JsonError(400, "field 'restart_budget' must be an integer in [0, 1000]");
+      s.restart_budget = j["restart_budget"].get<int>();
+    }
+    if (j.contains("env")) {
+      if (!j["env"].is_object()) return JsonError(400, "field 'env' must be an object of strings");
+      for (const auto& [k, v] : j["env"].items()) {
+        if (!v.is_string()) return JsonError(400, fmt::format("env['{}'] must be a string", k));
+        s.env[k] = v.get<std::string>();
+      }
+    }
+    auto id = Submit(s);
+    if (!id.ok()) return FromStatus(id.status());
+    return JsonOk({{"id", *id}}, 201);
+  }
+  const std::string prefix = "/api/jobs/";
+  if (p.rfind(prefix, 0) == 0) {
+    std::string rest = p.substr(prefix.size());
+    const auto slash = rest.find('/');
+    const std::string id = rest.substr(0, slash);
+    const std::string action = slash == std::string::npos ? "" : rest.substr(slash + 1);
+    if (!IsValidJobId(id))
+      return JsonError(400, fmt::format("'{}' is not a job id (letters, digits, '.', '_', '-'; not starting with '.')",
+                                        id.substr(0, 80)));
+    auto int_param = [&](const char* name, int64_t dflt, int64_t* out) -> bool {
+      auto it = req.query.find(name);
+      if (it == req.query.end()) {
+        *out = dflt;
+        return true;
+      }
+      try {
+        size_t used = 0;
+        *out = std::stoll(it->second, &used);
+        return used == it->second.size();
+      } catch (...) {
+        return false;
+      }
+    };
+    if (action.empty()) {
+      if (!method_is("GET")) return wrong_method();
+      auto j = Job(id);
+      return j.ok() ? JsonOk(*j) : FromStatus(j.status());
+    }
+    if (action == "events") {
+      if (!method_is("GET")) return wrong_method();
+      int64_t after = -1;
+      if (!int_param("after", -1, &after)) return JsonError(400, "query 'after' must be an integer");
+      auto j = Events(id, after);
+      return j.ok() ? JsonOk(*j) : FromStatus(j.status());
+    }
+    if (action == "logs") {
+      if (!method_is("GET")) return wrong_method();
+      int64_t rank = -1, inc = -1, offset = 0, max = kMaxLogRead;
+      if (!int_param("rank", -1, &rank) || !int_param("incarnation", -1, &inc) || !int_param("offset", 0, &offset) ||
+          !int_param("max", kMaxLogRead, &max) || rank > (1 << 20))
+        return JsonError(400, "queries rank, incarnation, offset and max must be integers");
+      const std::string stream = req.query.count("stream") ? req.query.at("stream") : "stdout";
+      auto j = Logs(id, static_cast<int>(rank), stream, inc, offset, max);
+      return j.ok() ? JsonOk(*j) : FromStatus(j.status());
+    }
+    if (action == "cancel" || action == "resume") {
+      if (!method_is("POST")) return wrong_method();
+      Status s = action == "cancel" ? Cancel(id) : Resume(id);
+      return s.ok() ? JsonOk({{"ok", true}, {"id", id}}) : FromStatus(s);
+    }
+    return JsonError(404, fmt::format("no such endpoint: {}", p.substr(0, 200)));
+  }
+  return JsonError(404, fmt::format("no such endpoint: {} (see docs/coordinator.md)", p.substr(0, 200)));
+}
+
+}  // namespace vlorch::coord

@@ -1,0 +1,155 @@
+// The coordinator daemon: durable job registry (RocksDB), ZeroMQ control plane, HTTP API,
+// launcher and supervisor of `mpirun`. docs/coordinator.md describes it for users; the job
+// lifecycle is drawn in coordinator/job_record.h.
+//
+// Threads: one receives worker messages (ROUTER socket), one supervises (launches queued
+// jobs, reaps mpirun, detects lost heartbeats and hangs, flushes metrics), one serves HTTP.
+// All share the job table under one mutex; every handler holds it only for in-memory work
+// and synced writes of single small records.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "common/status.h"
+#include "coordinator/job_record.h"
+#include "jobs/control_protocol.h"
+
+namespace vlorch::coord {
+
+class StateStore;
+class HttpServer;
+struct HttpRequest;
+struct HttpResponse;
+
+struct CoordinatorOptions {
+  // Where the RocksDB state lives (created if missing). Required.
+  std::string state_dir;
+  // HTTP API bind address and port. Default 127.0.0.1:7010; port 0 picks a free one.
+  std::string http_address = "127.0.0.1";
+  int http_port = 7010;
+  // ZeroMQ ROUTER endpoint workers connect to. Default tcp://127.0.0.1:7011; port 0 ("*")
+  // picks a free one (see zmq_endpoint()).
+  std::string zmq_endpoint = "tcp://127.0.0.1:7011";
+  // Required when http_address is not a loopback address: requests must carry
+  // `Authorization: Bearer <token>`. Default empty.
+  std::string token;
+  // vlorch-worker to launch. Default: next to the running executable.
+  std::string worker_binary;
+  // mpirun to launch with. Default "mpirun" from PATH.
+  std::string mpirun = "mpirun";
+  // A registered rank silent for longer is lost. Default 30 s.
+  double heartbeat_timeout_s = 30;
+  // Every rank of a group but some waiting longer than this in the same collective is a hang,
+  // blamed on the ranks that did not enter. Default 30 s.
+  double hang_timeout_s = 30;
+  // Heartbeat period passed to launched workers. Default 1 s.
+  double heartbeat_interval_s = 1;
+  // Restart back-off: initial delay, doubled per restart up to the maximum. Default 1 s / 60 s.
+  double backoff_initial_s = 1;
+  double backoff_max_s = 60;
+  // Restarts a job gets when its submission names none. Default 3.
+  int default_restart_budget = 3;
+  // Jobs launched at once; later ones wait in the queue. Default 4.
+  int max_running_jobs = 4;
+  // After SIGTERM to mpirun, how long before SIGKILL. Default 10 s.
+  double terminate_grace_s = 10;
+  // Exit code launched workers use when preempted (SIGTERM, checkpoint committed). Default 75.
+  int preempted_exit_code = 75;
+};
+
+struct SubmitRequest {
+  std::string spec_path;   // absolute path of the job YAML (shared file system)
+  int np = 0;              // 0: the hostfile's slots, or 2 on this machine
+  std::string hostfile;
+  int restart_budget = -1; // -1: the coordinator's default
+  std::map<std::string, std::string> env;  // forwarded to the ranks
+};
+
+class Coordinator {
+ public:
+  // Opens the state, recovers every job (adopting mpirun processes still running), binds the
+  // sockets and starts the threads.
+  static StatusOr<std::unique_ptr<Coordinator>> Start(CoordinatorOptions options);
+  ~Coordinator();
+
+  // Stops the threads (running mpirun processes are left to a later coordinator).
+  void Stop();
+  // Blocks until Stop(), RequestShutdown() or a shutdown request over HTTP; the owner then
+  // calls Stop() (or destroys the coordinator).
+  void Wait();
+  // Waits at most `seconds`; true once a shutdown was requested.
+  bool WaitFor(double seconds);
+  void RequestShutdown();
+
+  StatusOr<std::string> Submit(const SubmitRequest& request);
+  Status Cancel(const std::string& id);
+  Status Resume(const std::string& id);
+  StatusOr<nlohmann::json> Job(const std::string& id);
+  nlohmann::json Jobs();
+  StatusOr<nlohmann::json> Events(const std::string& id, int64_t after);
+  StatusOr<nlohmann::json> Logs(const std::string& id, int rank, const std::string& stream, int64_t incarnation,
+                                int64_t offset, int64_t max_bytes);
+  std::string Metrics();
+  std::string StatusPage();
+  nlohmann::json Health();
+
+  int http_port() const;
+  const std::string& zmq_endpoint() const { return zmq_bound_; }
+  const CoordinatorOptions& options() const { return options_; }
+
+ private:
+  explicit Coordinator(CoordinatorOptions options);
+  Status Recover();
+  void ReceiveLoop();
+  void SuperviseLoop();
+  void Handle(const ControlMessage& m);
+  HttpResponse Route(const HttpRequest& request);
+
+  // Under mu_:
+  void Transition(JobRecord& job, JobState to);
+  void Event(JobRecord& job, const std::string& kind, const std::string& message,
+             nlohmann::json fields = nlohmann::json::object());
+  void Persist(JobRecord& job);
+  void Launch(JobRecord& job);
+  void OnLauncherExit(JobRecord& job, int code, int signal, bool known);
+  void StopIncarnation(JobRecord& job, const std::string& cause);
+  void CheckLiveness(JobRecord& job, double now);
+  std::string DescribeRank(const JobRecord& job, int rank) const;
+  void FlushMetrics();
+  JobRecord* Find(const std::string& id);
+
+  CoordinatorOptions options_;
+  std::unique_ptr<StateStore> store_;
+  std::unique_ptr<HttpServer> http_;
+  std::string zmq_bound_;
+  std::mutex mu_;
+  std::map<std::string, JobRecord> jobs_;
+  struct Runtime {
+    bool adopted = false;            // mpirun not our child (coordinator restarted)
+    double stop_requested_at = 0;    // SIGTERM sent; SIGKILL after the grace period
+    bool ranks_dirty = false;
+    bool job_dirty = false;
+    bool all_registered = false;
+  };
+  std::map<std::string, Runtime> runtime_;
+  std::atomic<bool> stop_{false};
+  std::mutex wait_mu_;
+  std::condition_variable wait_cv_;
+  bool shutdown_requested_ = false;
+  std::thread receiver_, supervisor_;
+  double started_at_ = 0;
+  // Counters for /metrics and the load benchmark.
+  std::atomic<uint64_t> msgs_ok_{0}, msgs_malformed_{0}, msgs_stale_{0}, msgs_unknown_job_{0};
+  std::atomic<uint64_t> http_requests_{0}, http_errors_{0};
+};
+
+}  // namespace vlorch::coord

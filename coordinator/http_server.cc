@@ -1,0 +1,242 @@
+#include "coordinator/http_server.h"
+
+#include <atomic>
+#include <thread>
+
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+namespace vlorch::coord {
+namespace {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+
+constexpr size_t kBodyLimit = 1 << 20;
+
+std::string PercentDecode(std::string_view s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '%' && i + 2 < s.size() && std::isxdigit(static_cast<unsigned char>(s[i + 1])) &&
+        std::isxdigit(static_cast<unsigned char>(s[i + 2]))) {
+      out += static_cast<char>(std::stoi(std::string(s.substr(i + 1, 2)), nullptr, 16));
+      i += 2;
+    } else if (s[i] == '+') {
+      out += ' ';
+    } else {
+      out += s[i];
+    }
+  }
+  return out;
+}
+
+HttpRequest Convert(const http::request<http::string_body>& req) {
+  HttpRequest r;
+  r.method = std::string(req.method_string());
+  const std::string target(req.target());
+  const auto q = target.find('?');
+  r.path = PercentDecode(target.substr(0, q));
+  if (q != std::string::npos) {
+    std::string_view rest(target);
+    rest.remove_prefix(q + 1);
+    while (!rest.empty()) {
+      const auto amp = rest.find('&');
+      std::string_view part = rest.substr(0, amp);
+      const auto eq = part.find('=');
+      r.query[PercentDecode(part.substr(0, eq))] = eq == std::string_view::npos ? "" : PercentDecode(part.substr(eq + 1));
+      if (amp == std::string_view::npos) break;
+      rest.remove_prefix(amp + 1);
+    }
+  }
+  r.body = req.body();
+  if (auto it = req.find(http::field::authorization); it != req.end()) r.authorization = std::string(it->value());
+  return r;
+}
+
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  Session(tcp::socket socket, const HttpServer::Handler* handler) : stream_(std::move(socket)), handler_(handler) {}
+  void Start() { Read(); }
+
+ private:
+  void Read() {
+    parser_.emplace();
+    parser_->body_limit(kBodyLimit);
+    parser_->header_limit(16 * 1024);
+    stream_.expires_after(std::chrono::seconds(30));
+    http::async_read(stream_, buffer_, *parser_,
+                     [self = shared_from_this()](beast::error_code ec, size_t) { self->OnRead(ec); });
+  }
+
+  void OnRead(beast::error_code ec) {
+    if (ec == http::error::end_of_stream || ec == beast::error::timeout || ec == asio::error::connection_reset) {
+      Close();
+      return;
+    }
+    HttpResponse out;
+    bool keep_alive = false;
+    if (ec == http::error::body_limit) {
+      out = JsonError(413, fmt::format("request body over {} bytes", kBodyLimit));
+    } else if (ec) {
+      out = JsonError(400, fmt::format("malformed HTTP request: {}", ec.message()));
+    } else {
+      const auto& req = parser_->get();
+      keep_alive = req.keep_alive();
+      try {
+        out = (*handler_)(Convert(req));
+      } catch (const std::exception& e) {
+        out = JsonError(500, fmt::format("internal error: {}", e.what()));
+      }
+    }
+    res_ = std::make_shared<http::response<http::string_body>>(static_cast<http::status>(out.status), 11);
+    res_->set(http::field::server, "vlorch-coordinator");
+    res_->set(http::field::content_type, out.content_type);
+    res_->keep_alive(keep_alive);
+    res_->body() = std::move(out.body);
+    res_->prepare_payload();
+    stream_.expires_after(std::chrono::seconds(30));
+    http::async_write(stream_, *res_, [self = shared_from_this(), keep_alive](beast::error_code wec, size_t) {
+      if (wec || !keep_alive) {
+        self->Close();
+        return;
+      }
+      self->Read();
+    });
+  }
+
+  void Close() {
+    beast::error_code ignored;
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+  }
+
+  beast::tcp_stream stream_;
+  beast::flat_buffer buffer_;
+  std::optional<http::request_parser<http::string_body>> parser_;
+  std::shared_ptr<http::response<http::string_body>> res_;
+  const HttpServer::Handler* handler_;
+};
+
+class BeastServer : public HttpServer {
+ public:
+  BeastServer(Handler handler) : handler_(std::move(handler)), acceptor_(ioc_) {}
+  ~BeastServer() override { Stop(); }
+
+  Status Listen(const std::string& address, int port) {
+    beast::error_code ec;
+    auto addr = asio::ip::make_address(address, ec);
+    if (ec) return InvalidArgumentError(fmt::format("HTTP bind address '{}' is not an IP address", address));
+    tcp::endpoint ep(addr, static_cast<unsigned short>(port));
+    acceptor_.open(ep.protocol(), ec);
+    if (!ec) acceptor_.set_option(asio::socket_base::reuse_address(true), ec);
+    if (!ec) acceptor_.bind(ep, ec);
+    if (!ec) acceptor_.listen(asio::socket_base::max_listen_connections, ec);
+    if (ec)
+      return UnavailableError(fmt::format("cannot listen on {}:{}: {} (another coordinator running? `vlorch "
+                                          "coordinator status` tells; or pick another --http port)",
+                                          address, port, ec.message()));
+    port_ = acceptor_.local_endpoint().port();
+    Accept();
+    thread_ = std::thread([this] { ioc_.run(); });
+    return Status::OK();
+  }
+
+  int port() const override { return port_; }
+
+  void Stop() override {
+    if (stopped_.exchange(true)) return;
+    ioc_.stop();
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  void Accept() {
+    acceptor_.async_accept([this](beast::error_code ec, tcp::socket socket) {
+      if (!ec) std::make_shared<Session>(std::move(socket), &handler_)->Start();
+      if (!stopped_) Accept();
+    });
+  }
+
+  Handler handler_;
+  asio::io_context ioc_{1};
+  tcp::acceptor acceptor_;
+  std::thread thread_;
+  int port_ = 0;
+  std::atomic<bool> stopped_{false};
+};
+
+}  // namespace
+
+HttpResponse JsonError(int status, const std::string& message) {
+  HttpResponse r;
+  r.status = status;
+  r.body = nlohmann::json{{"error", message}}.dump();
+  return r;
+}
+
+StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string& address, int port, Handler handler) {
+  auto server = std::make_unique<BeastServer>(std::move(handler));
+  RETURN_IF_ERROR(server->Listen(address, port));
+  return std::unique_ptr<HttpServer>(std::move(server));
+}
+
+StatusOr<HttpResult> HttpCall(const std::string& host, int port, const std::string& method, const std::string& target,
+                              const std::string& body, const std::string& token, double timeout_s) {
+  try {
+    asio::io_context ioc;
+    tcp::resolver resolver(ioc);
+    beast::tcp_stream stream(ioc);
+    const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000));
+    beast::error_code ec;
+    auto results = resolver.resolve(host, std::to_string(port), ec);
+    if (ec) return UnavailableError(fmt::format("cannot resolve {}: {}", host, ec.message()));
+    stream.expires_after(timeout);
+    stream.connect(results, ec);
+    if (ec) return UnavailableError(fmt::format("no coordinator at {}:{} ({})", host, port, ec.message()));
+    http::request<http::string_body> req(http::string_to_verb(method), target, 11);
+    req.set(http::field::host, host);
+    if (!token.empty()) req.set(http::field::authorization, "Bearer " + token);
+    if (!body.empty()) req.set(http::field::content_type, "application/json");
+    req.body() = body;
+    req.prepare_payload();
+    stream.expires_after(timeout);
+    http::write(stream, req, ec);
+    if (ec) return UnavailableError(fmt::format("sending to {}:{}: {}", host, port, ec.message()));
+    beast::flat_buffer buffer;
+    http::response_parser<http::string_body> parser;
+    parser.body_limit(64 << 20);
+    stream.expires_after(timeout);
+    http::read(stream, buffer, parser, ec);
+    if (ec) return UnavailableError(fmt::format("reading the reply of {}:{}: {}", host, port, ec.message()));
+    stream.socket().shutdown(tcp::socket::shutdown_both, ec);
+    HttpResult r;
+    r.status = static_cast<int>(parser.get().result_int());
+    r.body = std::move(parser.get().body());
+    return r;
+  } catch (const std::exception& e) {
+    return UnavailableError(fmt::format("HTTP {} {}:{}{}: {}", method, host, port, target, e.what()));
+  }
+}
+
+Status SplitHostPort(const std::string& text, std::string* host, int* port) {
+  std::string t = text;
+  if (t.rfind("http://", 0) == 0) t = t.substr(7);
+  if (!t.empty() && t.back() == '/') t.pop_back();
+  const auto colon = t.rfind(':');
+  if (colon == std::string::npos || colon == 0)
+    return InvalidArgumentError(fmt::format("'{}' is not host:port (e.g. 127.0.0.1:7010)", text));
+  *host = t.substr(0, colon);
+  try {
+    *port = std::stoi(t.substr(colon + 1));
+  } catch (...) {
+    *port = -1;
+  }
+  if (*port < 0 || *port > 65535) return InvalidArgumentError(fmt::format("'{}' has no valid port", text));
+  return Status::OK();
+}
+
+}  // namespace vlorch::coord

@@ -1,0 +1,51 @@
+// A small HTTP/1.1 server on Boost.Asio/Beast for the coordinator's API: one I/O thread,
+// keep-alive, a 1 MiB body limit, a 30 s timeout per read and write, and a handler that turns
+// one request into one response. Beast stays in http_server.cc and http_client.cc.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "common/status.h"
+
+namespace vlorch::coord {
+
+struct HttpRequest {
+  std::string method;                         // "GET", "POST", ...
+  std::string path;                           // without the query, percent-decoded
+  std::map<std::string, std::string> query;   // decoded
+  std::string body;
+  std::string authorization;                  // the Authorization header
+};
+
+struct HttpResponse {
+  int status = 200;
+  std::string content_type = "application/json";
+  std::string body;
+};
+
+HttpResponse JsonError(int status, const std::string& message);
+
+class HttpServer {
+ public:
+  using Handler = std::function<HttpResponse(const HttpRequest&)>;
+  static StatusOr<std::unique_ptr<HttpServer>> Start(const std::string& address, int port, Handler handler);
+  virtual ~HttpServer() = default;
+  virtual int port() const = 0;
+  virtual void Stop() = 0;
+};
+
+// A blocking client request (the CLI, tests, the load benchmark).
+struct HttpResult {
+  int status = 0;
+  std::string body;
+};
+StatusOr<HttpResult> HttpCall(const std::string& host, int port, const std::string& method, const std::string& target,
+                              const std::string& body = "", const std::string& token = "", double timeout_s = 10);
+
+// "host:port" -> parts; errors name the text.
+Status SplitHostPort(const std::string& text, std::string* host, int* port);
+
+}  // namespace vlorch::coord
