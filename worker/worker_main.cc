@@ -3,6 +3,10 @@
 //   mpirun -np 4 vlorch-worker check-comm --tp 2      verify MPI/NCCL and the mesh groups
 //   mpirun -np 2 vlorch-worker --job job.yaml [--stage NAME] [--run-dir DIR]
 //                                                     train one stage (or every stage in order)
+//   mpirun -np 2 vlorch-worker --job job.yaml --coordinator tcp://host:7011
+//                                                     the same, tracked by a coordinator (attach
+//                                                     mode; the coordinator passes --job-id and
+//                                                     --incarnation when it launches)
 //   mpirun -np 2 vlorch-worker evaluate --job job.yaml --stage NAME --store DIR
 //                                                     held-out loss of each of its checkpoints
 //
@@ -10,11 +14,14 @@
 // --preempted-exit-code changes that), 2 bad input (flags, spec, layout, weights), 3 a failure
 // worth restarting (communication, timeout, lost peer, I/O).
 #include <cstdio>
+#include <filesystem>
+#include <memory>
 #include <string>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include "common/fault.h"
 #include "common/logging.h"
 #include "worker/comm/device_mesh.h"
 #include "worker/comm/mpi_runtime.h"
@@ -22,6 +29,7 @@
 #include "worker/comm_check.h"
 #include "worker/train/evaluate.h"
 #include "worker/train/stage_runner.h"
+#include "worker/agent/agent.h"
 
 namespace {
 
@@ -67,8 +75,14 @@ int RunCheckComm(const vlorch::ParallelLayout& layout, const std::string& backen
   return 0;
 }
 
-int RunTraining(const std::string& job_path, const std::string& stage, const vlorch::train::StageRunOptions& options,
-                double timeout_s, int preempted_exit_code) {
+struct AgentFlags {
+  std::string endpoint, job_id;
+  int64_t incarnation = 0;
+  double heartbeat_interval_s = 1.0;
+};
+
+int RunTraining(const std::string& job_path, const std::string& stage, vlorch::train::StageRunOptions options,
+                double timeout_s, int preempted_exit_code, const AgentFlags& af) {
   auto job = vlorch::LoadJobSpec(job_path);
   if (!job.ok()) {
     VLOG_ERROR("{}", job.status().ToString());
@@ -85,12 +99,43 @@ int RunTraining(const std::string& job_path, const std::string& stage, const vlo
   std::vector<std::string> stages;
   if (!stage.empty()) stages.push_back(stage);
   else for (const auto& s : job->stages) stages.push_back(s.name);
+
+  std::unique_ptr<vlorch::agent::CoordinatorAgent> agent;
+  if (!af.endpoint.empty()) {
+    vlorch::agent::AgentOptions ao;
+    ao.endpoint = af.endpoint;
+    ao.attach = af.job_id.empty();
+    ao.job_id = ao.attach ? job->name : af.job_id;
+    ao.incarnation = af.incarnation;
+    ao.rank = (*mesh)->rank();
+    ao.world = (*mesh)->world_size();
+    ao.spec = std::filesystem::absolute(job_path).string();
+    ao.run_dir = options.run_dir.empty() ? job->run_dir : options.run_dir;
+    ao.heartbeat_interval_s = af.heartbeat_interval_s;
+    auto a = vlorch::agent::CoordinatorAgent::Connect(ao);
+    if (!a.ok()) {
+      VLOG_ERROR("{}", a.status().ToString());
+      return ExitCodeFor(a.status());
+    }
+    agent = std::move(*a);
+    agent->Register(stages.front());
+    auto* ag = agent.get();
+    options.on_step = [ag](const vlorch::train::StepReport& s) {
+      ag->Progress(s.stage, s.step, s.total_steps, s.loss, s.samples_per_second, s.data_wait_seconds);
+    };
+    options.on_checkpoint = [ag](const std::string& st, int64_t step, const std::string& dir) {
+      ag->CheckpointCommitted(st, step, dir);
+    };
+  }
   for (const auto& name : stages) {
     auto r = vlorch::train::RunStage(*job, name, **mesh, options);
     if (!r.ok()) {
       VLOG_ERROR("stage '{}' FAILED: {}", name, r.status().ToString());
+      if (agent) agent->Error(name, r.status().ToString());
       return ExitCodeFor(r.status());
     }
+    if (agent && (*mesh)->rank() == 0 && r->outcome != vlorch::train::StageOutcome::kPreempted)
+      agent->StageDone(name, r->steps, r->checkpoint);
     if ((*mesh)->rank() == 0) {
       switch (r->outcome) {
         case vlorch::train::StageOutcome::kAlreadyDone:
@@ -162,6 +207,11 @@ int main(int argc, char** argv) {
   app.add_option("--preempted-exit-code", preempted_exit_code, "exit code after a SIGTERM stop (default 0)");
   app.add_option("--collective-timeout", train_timeout_s, "seconds before a collective counts as hung")
       ->capture_default_str();
+  AgentFlags agent;
+  app.add_option("--coordinator", agent.endpoint, "report to the coordinator at this ZeroMQ endpoint (tcp://host:7011)");
+  app.add_option("--job-id", agent.job_id, "the coordinator's job id (set by the coordinator; default: attach mode)");
+  app.add_option("--incarnation", agent.incarnation, "launch number (set by the coordinator)")->capture_default_str();
+  app.add_option("--heartbeat-interval", agent.heartbeat_interval_s, "seconds between heartbeats")->capture_default_str();
 
   vlorch::ParallelLayout layout;
   std::string backend = "mpi";
@@ -207,5 +257,6 @@ int main(int argc, char** argv) {
     return kExitBadInput;
   }
   run.overlap_grad_reduce = !reduce_after_backward;
-  return RunTraining(job_path, stage, run, train_timeout_s, preempted_exit_code);
+  vlorch::SetFaultContext("incarnation", agent.incarnation);
+  return RunTraining(job_path, stage, run, train_timeout_s, preempted_exit_code, agent);
 }

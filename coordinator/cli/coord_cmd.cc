@@ -17,6 +17,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "common/logging.h"
 #include "coordinator/cli/cli_util.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/http_server.h"
@@ -445,6 +446,10 @@ void AddCoordinatorCommands(CLI::App& app, int* rc) {
         *rc = Fail(options.status());
         return;
       }
+      // Its events are what Follow prints; the log lines would repeat them.
+      LogOptions quiet;
+      quiet.min_level = LogLevel::kWarning;
+      InitLogging(quiet);
       auto started = coord::Coordinator::Start(*options);
       if (!started.ok()) {
         *rc = Fail(started.status());

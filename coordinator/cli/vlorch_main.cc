@@ -11,6 +11,7 @@
 #include "coordinator/cli/coord_cmd.h"
 #include "coordinator/cli/job_cmd.h"
 #include "coordinator/cli/shards_cmd.h"
+#include "common/logging.h"
 #include "jobs/parallel_layout.h"
 
 namespace {
@@ -44,6 +45,7 @@ int RunLayout(int np, const vlorch::ParallelLayout& layout) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  vlorch::InitLogging({});
   CLI::App app{"vlorch: train vision-language models on clusters"};
   app.require_subcommand(1);
 

@@ -248,6 +248,7 @@ Status CheckpointManager::Write(int64_t step, const CheckpointPayload& snap, Sav
   if (ec) return IOError(fmt::format("cannot rename {} to {}: {}", tmp, final_dir, ec.message()));
   if (options_.fsync) RETURN_IF_ERROR(FsyncPath(dir_, true));
   RETURN_IF_ERROR(WriteFileAtomically((fs::path(dir_) / "latest").string(), name + "\n", options_.fsync));
+  if (options_.on_commit) options_.on_commit(step, final_dir);
   for (const auto& f : manifest.files) stats->bytes += f.bytes;
 
   // Retention: the newest `keep` committed checkpoints stay.

@@ -25,6 +25,7 @@
 
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -59,6 +60,9 @@ struct CheckpointOptions {
   int rank = 0;
   // Stage name written into the manifest.
   std::string stage;
+  // Called after each commit (from the writer thread when async): step, checkpoint
+  // directory. Default none.
+  std::function<void(int64_t, const std::string&)> on_commit;
 };
 
 struct ManifestFile {

@@ -419,6 +419,11 @@ StatusOr<StageResult> StageRun::Run() {
     co.async = stage_.checkpoint.async;
     co.rank = mesh_.rank();
     co.stage = stage_.name;
+    if (options_.on_checkpoint) {
+      co.on_commit = [cb = options_.on_checkpoint, name = stage_.name](int64_t step, const std::string& dir) {
+        cb(name, step, dir);
+      };
+    }
     ASSIGN_OR_RETURN(checkpoints_, checkpoint::CheckpointManager::Open((fs::path(stage_dir_) / "checkpoints").string(), co));
   }
   if (options_.trace_samples) {
@@ -452,6 +457,10 @@ StatusOr<StageResult> StageRun::Run() {
     }
     ++steps_run_;
     RETURN_IF_ERROR(LogStep(last_loss_, lr_, last_grad_norm_, sb, step_seconds));
+    if (options_.on_step) {
+      options_.on_step(StepReport{stage_.name, step_, total_steps_, last_loss_,
+                                  step_seconds > 0 ? sb.samples / step_seconds : 0.0, data_wait_});
+    }
   }
   if (checkpoints_) RETURN_IF_ERROR(checkpoints_->Wait());
   RETURN_IF_ERROR(mesh_.world().Barrier());

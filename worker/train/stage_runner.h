@@ -21,6 +21,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "common/status.h"
@@ -28,6 +29,15 @@
 #include "worker/comm/device_mesh.h"
 
 namespace vlorch::train {
+
+struct StepReport {
+  std::string stage;
+  int64_t step = 0;
+  int64_t total_steps = 0;
+  double loss = 0;
+  double samples_per_second = 0;
+  double data_wait_seconds = 0;  // waiting for batches, cumulative in this process
+};
 
 struct StageRunOptions {
   // Overrides the spec's run_dir when not empty.
@@ -41,7 +51,14 @@ struct StageRunOptions {
   bool overlap_grad_reduce = true;
   // Print a progress line every log_every steps on rank 0. Default true.
   bool print_progress = true;
+  // Called on every rank after each optimizer step (the coordinator agent's progress).
+  // Default none.
+  std::function<void(const StepReport&)> on_step;
+  // Called on the rank that writes checkpoints once one is committed, from the writer
+  // thread: stage, step, checkpoint directory. Default none.
+  std::function<void(const std::string&, int64_t, const std::string&)> on_checkpoint;
 };
+
 
 enum class StageOutcome { kDone, kAlreadyDone, kPreempted };
 
