@@ -647,7 +647,7 @@ void Coordinator::CheckLiveness(JobRecord& job, double now) {
     if (info.registered_at <= 0) continue;
     const double age = now - info.last_heartbeat;
     if (age > options_.heartbeat_timeout_s) {
-      const std::string cause = fmt::format("{} sent no heartbeat for {:.1f} s (timeout {:.0f} s); last seen in stage "
+      const std::string cause = fmt::format("{} sent no heartbeat for {:.1f} s (timeout {:g} s); last seen in stage "
                                             "'{}' at step {}",
                                             DescribeRank(job, rank), age, options_.heartbeat_timeout_s, info.stage, info.step);
       if (job.attached) {
@@ -695,7 +695,8 @@ void Coordinator::CheckLiveness(JobRecord& job, double now) {
                            ? "it has made no communicator call yet"
                            : fmt::format("its last call was {} #{} on group '{}', {} {:.1f} s ago", b.coll_op, b.coll_seq,
                                          b.coll_group, b.coll_inside ? "entered" : "left", now - b.coll_since);
-    names.push_back(fmt::format("{} ({}; stage '{}', step {})", DescribeRank(job, b.rank), last, b.stage, b.step));
+    names.push_back(fmt::format("rank {} (host {}, pid {}; {}; stage '{}', step {})", b.rank, b.host, b.pid, last, b.stage,
+                                b.step));
   }
   for (int r : missing) {
     if (names.size() < culprits) names.push_back(fmt::format("rank {} (never registered)", r));
@@ -703,7 +704,7 @@ void Coordinator::CheckLiveness(JobRecord& job, double now) {
   std::string waiting_list;
   for (int r : waiting) waiting_list += (waiting_list.empty() ? "" : ", ") + std::to_string(r);
   StopIncarnation(job, fmt::format("hang: {} has not entered {} #{} on group '{}', where ranks {} have waited {:.1f} s "
-                                   "(timeout {:.0f} s)",
+                                   "(timeout {:g} s)",
                                    fmt::join(names, "; "), oldest->coll_op, oldest->coll_seq, oldest->coll_group,
                                    waiting_list, now - oldest->coll_since, options_.hang_timeout_s));
 }
