@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The demo: installs the dependencies, builds vlorch, makes a small captioned-JPEG dataset
 # (img2dataset layout), ingests it into a shard store, and trains the tiny vision-language job
-# of ops/demo/tiny-vl.yaml under `mpirun -np 2` (two stages: full training, then a projector
-# stage initialised from the first). Everything lands in ${VLORCH_DEMO_DIR:-demo-run}; running
-# the demo again resumes (finished stages are not re-run) — delete the directory to start over.
+# of ops/demo/tiny-vl.yaml with `vlorch launch` (two stages: full training, then a projector
+# stage initialised from the first). `vlorch launch` runs a coordinator in-process when none
+# answers, which starts `mpirun -np 2 vlorch-worker` per stage, tracks heartbeats, progress and
+# checkpoints, and prints status while it trains; `vlorch status tiny-vl-1` works from another
+# terminal meanwhile. Everything lands in ${VLORCH_DEMO_DIR:-demo-run}; running the demo again
+# resumes (finished stages are not re-run) — delete the directory to start over.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bash "$root/ops/install-deps.sh"
@@ -20,6 +23,7 @@ if [ ! -f "$dir/data/store/CURRENT" ]; then
       --per-shard 100 --no-bad --min-px 32 --max-px 128
   "$build/coordinator/vlorch" shards ingest --format img2dataset --store "$dir/data/store" "$dir"/data/src/*.tar
 fi
-echo "demo: mpirun -np $np vlorch-worker --job $dir/job.yaml"
-"$root/ops/mpirun.sh" -np "$np" "$build/worker/vlorch-worker" --job "$dir/job.yaml"
-echo "demo: checkpoints and metrics under $dir/run/stages/"
+. "$root/ops/env.sh"  # root and malloc settings for the mpirun the coordinator starts
+echo "demo: vlorch launch $dir/job.yaml --np $np"
+"$build/coordinator/vlorch" launch "$dir/job.yaml" --np "$np"
+echo "demo: checkpoints and metrics under $dir/run/stages/, coordinator state and logs under $dir/run/"
