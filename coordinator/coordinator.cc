@@ -161,7 +161,7 @@ StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptions opt
       try {
         zmq::poll(&item, 1, std::chrono::milliseconds(100));
         batch.clear();
-        for (int i = 0; i < 1024; ++i) {
+        for (int i = 0; i < 256; ++i) {  // bounded, so HTTP readers wait for mu_ briefly
           parts.clear();
           auto n = zmq::recv_multipart(*sock, std::back_inserter(parts), zmq::recv_flags::dontwait);
           if (!n) break;
@@ -200,10 +200,12 @@ void Coordinator::Stop() {
   if (http_) http_->Stop();
   if (receiver_.joinable()) receiver_.join();
   if (supervisor_.joinable()) supervisor_.join();
+  std::vector<std::pair<std::string, std::vector<RankInfo>>> metrics;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    FlushMetrics();
+    metrics = CollectMetrics();
   }
+  WriteMetrics(metrics);
 }
 
 void Coordinator::RequestShutdown() {
@@ -709,17 +711,28 @@ void Coordinator::CheckLiveness(JobRecord& job, double now) {
                                    waiting_list, now - oldest->coll_since, options_.hang_timeout_s));
 }
 
-void Coordinator::FlushMetrics() {
+std::vector<std::pair<std::string, std::vector<RankInfo>>> Coordinator::CollectMetrics() {
+  std::vector<std::pair<std::string, std::vector<RankInfo>>> out;
   for (auto& [id, job] : jobs_) {
     Runtime& rt = runtime_[id];
     if (rt.ranks_dirty) {
       std::vector<RankInfo> ranks;
+      ranks.reserve(job.ranks.size());
       for (const auto& [r, info] : job.ranks) ranks.push_back(info);
-      Status s = store_->PutRanks(id, ranks);
-      if (!s.ok()) VLOG_ERROR("coordinator: {}", s.ToString());
+      out.emplace_back(id, std::move(ranks));
       rt.ranks_dirty = false;
     }
-    if (rt.job_dirty) Persist(job);
+    if (rt.job_dirty) Persist(job);  // job records stay ordered with the other writes under mu_
+  }
+  return out;
+}
+
+void Coordinator::WriteMetrics(const std::vector<std::pair<std::string, std::vector<RankInfo>>>& metrics) {
+  // Only the supervisor (and Stop, after it) writes rank metrics, so these writes stay ordered
+  // without holding mu_ while thousands of records are serialised.
+  for (const auto& [id, ranks] : metrics) {
+    Status s = store_->PutRanks(id, ranks);
+    if (!s.ok()) VLOG_ERROR("coordinator: {}", s.ToString());
   }
 }
 
@@ -727,7 +740,7 @@ void Coordinator::SuperviseLoop() {
   double last_flush = Now();
   while (!stop_) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    std::lock_guard<std::mutex> lock(mu_);
+    std::unique_lock<std::mutex> lock(mu_);
     const double now = Now();
     int active = 0;
     for (const auto& [id, job] : jobs_) {
@@ -766,8 +779,10 @@ void Coordinator::SuperviseLoop() {
       }
     }
     if (now - last_flush >= 1.0) {
-      FlushMetrics();
       last_flush = now;
+      auto metrics = CollectMetrics();
+      lock.unlock();
+      WriteMetrics(metrics);
     }
   }
 }
@@ -870,9 +885,14 @@ Status Coordinator::Resume(const std::string& id) {
 }
 
 StatusOr<nlohmann::json> Coordinator::Job(const std::string& id) {
-  std::lock_guard<std::mutex> lock(mu_);
-  JobRecord* job = Find(id);
-  if (job == nullptr) return NotFoundError(fmt::format("no job '{}'; `vlorch jobs` lists them", id));
+  JobRecord copy;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    JobRecord* found = Find(id);
+    if (found == nullptr) return NotFoundError(fmt::format("no job '{}'; `vlorch jobs` lists them", id));
+    copy = *found;  // JSON for thousands of ranks is built without holding mu_
+  }
+  const JobRecord* job = &copy;
   nlohmann::json j = ToJson(*job, true);
   const double now = Now();
   for (auto& r : j["ranks"]) r["heartbeat_age_s"] = now - r["last_heartbeat"].get<double>();

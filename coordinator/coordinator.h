@@ -16,6 +16,8 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -124,7 +126,9 @@ class Coordinator {
   void StopIncarnation(JobRecord& job, const std::string& cause);
   void CheckLiveness(JobRecord& job, double now);
   std::string DescribeRank(const JobRecord& job, int rank) const;
-  void FlushMetrics();
+  // Rank metrics of jobs changed since the last flush (under mu_), written without it.
+  std::vector<std::pair<std::string, std::vector<RankInfo>>> CollectMetrics();
+  void WriteMetrics(const std::vector<std::pair<std::string, std::vector<RankInfo>>>& metrics);
   JobRecord* Find(const std::string& id);
 
   CoordinatorOptions options_;
