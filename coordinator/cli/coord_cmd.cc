@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <thread>
 
 #include <fmt/format.h>
@@ -89,6 +90,17 @@ StatusOr<json> Call(const Client& c, const std::string& method, const std::strin
   }
   if (j.is_discarded()) return InternalError(fmt::format("coordinator sent a reply that is not JSON: {}", r->body.substr(0, 200)));
   return j;
+}
+
+int FailWith(const Status& s, int rc);
+
+// Call(), printing the error and setting *rc when it fails.
+std::optional<json> CallOrFail(const Client& c, const std::string& method, const std::string& target, int* rc) {
+  int code = 0;
+  auto r = Call(c, method, target, nullptr, &code);
+  if (r.ok()) return std::move(*r);
+  *rc = FailWith(r.status(), code);
+  return std::nullopt;
 }
 
 int FailWith(const Status& s, int rc) {
@@ -362,11 +374,8 @@ void AddCoordinatorCommands(CLI::App& app, int* rc) {
   auto* stop = coord_cmd->add_subcommand("stop", "stop the coordinator (running jobs keep running; a restarted coordinator adopts them)");
   add_client(stop);
   stop->callback([client, rc] {
-    auto r = Call(*client, "POST", "/api/shutdown", nullptr, rc);
-    if (!r.ok()) {
-      *rc = FailWith(r.status(), *rc);
-      return;
-    }
+    auto r = CallOrFail(*client, "POST", "/api/shutdown", rc);
+    if (!r) return;
     for (int i = 0; i < 100; ++i) {
       if (!Call(*client, "GET", "/api/health").ok()) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -376,11 +385,8 @@ void AddCoordinatorCommands(CLI::App& app, int* rc) {
   auto* cstatus = coord_cmd->add_subcommand("status", "is a coordinator running, and where");
   add_client(cstatus);
   cstatus->callback([client, rc] {
-    auto r = Call(*client, "GET", "/api/health", nullptr, rc);
-    if (!r.ok()) {
-      *rc = FailWith(r.status(), *rc);
-      return;
-    }
+    auto r = CallOrFail(*client, "GET", "/api/health", rc);
+    if (!r) return;
     if (client->json) {
       std::printf("%s\n", r->dump(2).c_str());
       return;
@@ -477,11 +483,8 @@ void AddCoordinatorCommands(CLI::App& app, int* rc) {
   auto* jobs = app.add_subcommand("jobs", "list the coordinator's jobs");
   add_client(jobs);
   jobs->callback([client, rc] {
-    auto r = Call(*client, "GET", "/api/jobs", nullptr, rc);
-    if (!r.ok()) {
-      *rc = FailWith(r.status(), *rc);
-      return;
-    }
+    auto r = CallOrFail(*client, "GET", "/api/jobs", rc);
+    if (!r) return;
     if (client->json) {
       std::printf("%s\n", r->dump(2).c_str());
       return;
@@ -503,11 +506,8 @@ void AddCoordinatorCommands(CLI::App& app, int* rc) {
   status->add_option("job", *job_id, "job id")->required();
   add_client(status);
   status->callback([client, job_id, rc] {
-    auto r = Call(*client, "GET", "/api/jobs/" + *job_id, nullptr, rc);
-    if (!r.ok()) {
-      *rc = FailWith(r.status(), *rc);
-      return;
-    }
+    auto r = CallOrFail(*client, "GET", "/api/jobs/" + *job_id, rc);
+    if (!r) return;
     if (client->json) std::printf("%s\n", r->dump(2).c_str());
     else std::printf("%s", FormatStatus(*r).c_str());
   });
@@ -516,11 +516,8 @@ void AddCoordinatorCommands(CLI::App& app, int* rc) {
   events->add_option("job", *job_id, "job id")->required();
   add_client(events);
   events->callback([client, job_id, rc] {
-    auto r = Call(*client, "GET", fmt::format("/api/jobs/{}/events", *job_id), nullptr, rc);
-    if (!r.ok()) {
-      *rc = FailWith(r.status(), *rc);
-      return;
-    }
+    auto r = CallOrFail(*client, "GET", fmt::format("/api/jobs/{}/events", *job_id), rc);
+    if (!r) return;
     if (client->json) std::printf("%s\n", r->dump(2).c_str());
     else for (const auto& e : *r) std::printf("%s\n", FormatEvent(e).c_str());
   });
@@ -532,11 +529,8 @@ void AddCoordinatorCommands(CLI::App& app, int* rc) {
     cmd->add_option("job", *job_id, "job id")->required();
     add_client(cmd);
     cmd->callback([client, job_id, rc, v] {
-      auto r = Call(*client, "POST", fmt::format("/api/jobs/{}/{}", *job_id, v), nullptr, rc);
-      if (!r.ok()) {
-        *rc = FailWith(r.status(), *rc);
-        return;
-      }
+      auto r = CallOrFail(*client, "POST", fmt::format("/api/jobs/{}/{}", *job_id, v), rc);
+      if (!r) return;
       if (client->json) std::printf("%s\n", r->dump(2).c_str());
       else std::printf("%s %s\n", v == "cancel" ? "cancelled" : "resumed", job_id->c_str());
     });
@@ -577,11 +571,8 @@ void AddCoordinatorCommands(CLI::App& app, int* rc) {
       offset = (*r)["next_offset"];
       if (offset < (*r)["size"].get<int64_t>()) continue;
       if (!la->follow) return;
-      auto job = Call(*client, "GET", "/api/jobs/" + *job_id, nullptr, rc);
-      if (!job.ok()) {
-        *rc = FailWith(job.status(), *rc);
-        return;
-      }
+      auto job = CallOrFail(*client, "GET", "/api/jobs/" + *job_id, rc);
+      if (!job) return;
       const std::string state = (*job)["state"];
       if (state == "succeeded" || state == "failed" || state == "cancelled") return;
       std::this_thread::sleep_for(std::chrono::milliseconds(500));
