@@ -9,7 +9,15 @@
 #include <ctime>
 #include <mutex>
 
+#include "common/host.h"
+
 namespace vlorch {
+
+std::string HostName(const char* fallback) {
+  char buf[256] = {0};
+  if (gethostname(buf, sizeof(buf) - 1) != 0) return fallback;
+  return buf;
+}
 namespace {
 
 struct LogState {
@@ -21,12 +29,6 @@ struct LogState {
 LogState& State() {
   static LogState* state = new LogState();  // never destroyed: logging works during exit
   return *state;
-}
-
-std::string Hostname() {
-  char buf[256] = {0};
-  if (gethostname(buf, sizeof(buf) - 1) != 0) return "?";
-  return buf;
 }
 
 char LevelChar(LogLevel level) {
@@ -53,7 +55,7 @@ bool ParseLevel(const char* s, LogLevel* out) {
 
 void InitLogging(const LogOptions& options) {
   LogState& s = State();
-  std::string host = options.host.empty() ? Hostname() : options.host;
+  std::string host = options.host.empty() ? HostName("?") : options.host;
   LogLevel level = options.min_level;
   if (const char* env = std::getenv("VLORCH_LOG_LEVEL")) {
     if (!ParseLevel(env, &level)) {

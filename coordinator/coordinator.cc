@@ -5,18 +5,17 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cctype>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <regex>
-#include <set>
 #include <sstream>
 
 #include <fmt/format.h>
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
 
+#include "common/host.h"
 #include "common/logging.h"
 #include "coordinator/http_server.h"
 #include "coordinator/launcher.h"
@@ -51,12 +50,6 @@ HttpResponse FromStatus(const Status& s) {
   }
 }
 
-std::string Hostname() {
-  char buf[256] = {0};
-  if (::gethostname(buf, sizeof(buf) - 1) != 0) return "localhost";
-  return buf;
-}
-
 bool IsLoopback(const std::string& address) {
   return address == "127.0.0.1" || address == "::1" || address == "localhost" || address.rfind("127.", 0) == 0;
 }
@@ -74,10 +67,7 @@ std::string DefaultWorkerBinary() {
 
 std::string Sanitize(const std::string& name) {
   std::string out;
-  for (char c : name) {
-    const bool ok = std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
-    out += ok ? c : '-';
-  }
+  for (char c : name) out += IsJobIdChar(c) ? c : '-';
   while (!out.empty() && out[0] == '.') out.erase(0, 1);
   if (out.empty()) out = "job";
   return out.substr(0, 48);
@@ -504,7 +494,7 @@ void Coordinator::Launch(JobRecord& job) {
   if (ec) return fail(fmt::format("cannot create log directory {}: {}", job.log_dir, ec.message()));
 
   std::string endpoint = zmq_bound_;
-  if (auto pos = endpoint.find("0.0.0.0"); pos != std::string::npos) endpoint.replace(pos, 7, Hostname());
+  if (auto pos = endpoint.find("0.0.0.0"); pos != std::string::npos) endpoint.replace(pos, 7, HostName());
   LaunchCommand c;
   c.mpirun = options_.mpirun;
   c.np = job.np;
@@ -546,7 +536,7 @@ void Coordinator::StopIncarnation(JobRecord& job, const std::string& cause) {
   Persist(job);
   // The ranks are broken: no graceful checkpoint, restart from the last committed one.
   Terminate(static_cast<pid_t>(job.launcher_pid), /*force=*/true);
-  const std::string host = Hostname();
+  const std::string host = HostName();
   for (const auto& [rank, info] : job.ranks) {
     if (info.host == host && info.pid > 0) ::kill(static_cast<pid_t>(info.pid), SIGKILL);
   }
@@ -609,9 +599,6 @@ void Coordinator::OnLauncherExit(JobRecord& job, int code, int signal, bool know
   cause += fmt::format(" in stage '{}'", stage.name);
   if (stage.last_checkpoint_step >= 0) cause += fmt::format(" (last committed step {})", stage.last_checkpoint_step);
   job.failure_causes.push_back(cause);
-  if (job.state == JobState::kLaunching) {
-    // fine: launching -> restarting/failed are edges
-  }
   if (known && code == 2 && job.pending_cause.empty()) {
     const std::string detail = LastErrorLine(log);
     Transition(job, JobState::kFailed);

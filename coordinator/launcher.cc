@@ -123,20 +123,23 @@ StatusOr<Process> Spawn(const std::vector<std::string>& argv, const std::map<std
   return p;
 }
 
-int64_t ProcessStartTicks(pid_t pid) {
+std::vector<std::string> ProcStatFields(pid_t pid) {
   std::ifstream in(fmt::format("/proc/{}/stat", pid));
   std::string s;
-  if (!std::getline(in, s)) return 0;
-  // Field 2 (comm) may hold spaces; count fields after its closing parenthesis.
+  if (!std::getline(in, s)) return {};
+  // Field 2 (comm) may hold spaces and parentheses; the fields after its last ')' do not.
   const auto close = s.rfind(')');
-  if (close == std::string::npos) return 0;
+  if (close == std::string::npos || close + 2 > s.size()) return {};
   std::istringstream ss(s.substr(close + 2));
-  std::string field;
-  for (int i = 3; i <= 22 && ss >> field; ++i) {
-    if (i == 3 && field == "Z") return 0;  // a zombie has finished
-    if (i == 22) return std::stoll(field);
-  }
-  return 0;
+  std::vector<std::string> fields;
+  for (std::string f; ss >> f;) fields.push_back(f);
+  return fields;
+}
+
+int64_t ProcessStartTicks(pid_t pid) {
+  const auto f = ProcStatFields(pid);
+  if (f.size() < 20 || f[0] == "Z") return 0;  // a zombie has finished
+  return std::stoll(f[22 - 3]);
 }
 
 bool StillRunning(pid_t pid, int64_t start_ticks) {

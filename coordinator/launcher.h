@@ -52,6 +52,9 @@ struct Process {
 StatusOr<Process> Spawn(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env,
                         const std::string& log_path);
 
+// The fields of /proc/PID/stat from field 3 (state) on, so field k is at index k - 3; empty
+// when the process is gone. proc(5) numbers them.
+std::vector<std::string> ProcStatFields(pid_t pid);
 // /proc/PID/stat starttime; 0 when the process is gone.
 int64_t ProcessStartTicks(pid_t pid);
 // Whether pid still runs and is the process started at start_ticks.

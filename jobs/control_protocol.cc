@@ -56,13 +56,14 @@ class Reader {
 
 const char* MessageTypeName(MessageType type) { return kTypeNames[static_cast<int>(type)]; }
 
+bool IsJobIdChar(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
+}
+
 bool IsValidJobId(std::string_view id) {
   if (id.empty() || id.size() > 64 || id[0] == '.') return false;
-  for (char c : id) {
-    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
-                    c == '_' || c == '-';
-    if (!ok) return false;
-  }
+  for (char c : id)
+    if (!IsJobIdChar(c)) return false;
   return true;
 }
 

@@ -73,5 +73,6 @@ StatusOr<ControlMessage> DecodeMessage(std::string_view bytes);
 
 // Job ids name directories and URL paths: 1-64 of [A-Za-z0-9._-], not starting with '.'.
 bool IsValidJobId(std::string_view id);
+bool IsJobIdChar(char c);
 
 }  // namespace vlorch

@@ -8,16 +8,11 @@
 #include <zmq.hpp>
 
 #include "common/collective_trace.h"
+#include "common/host.h"
 #include "common/logging.h"
 
 namespace vlorch::agent {
 namespace {
-
-std::string Hostname() {
-  char buf[256] = {0};
-  if (::gethostname(buf, sizeof(buf) - 1) != 0) return "localhost";
-  return buf;
-}
 
 }  // namespace
 
@@ -66,7 +61,7 @@ void CoordinatorAgent::Enqueue(const ControlMessage& m) {
 void CoordinatorAgent::Register(const std::string& stage) {
   ControlMessage m = Base(MessageType::kRegister);
   m.world = options_.world;
-  m.host = Hostname();
+  m.host = HostName();
   m.pid = ::getpid();
   m.stage = stage;
   m.spec = options_.spec;

@@ -168,18 +168,10 @@ struct ProcStat {
 };
 ProcStat Stat(pid_t pid) {
   ProcStat st;
-  std::ifstream in(fmt::format("/proc/{}/stat", pid));
-  std::string s;
-  std::getline(in, s);
-  std::istringstream ss(s.substr(s.rfind(')') + 2));
-  std::string f;
-  double utime = 0, stime = 0;
-  for (int i = 3; i <= 24 && ss >> f; ++i) {
-    if (i == 14) utime = std::stod(f);
-    if (i == 15) stime = std::stod(f);
-    if (i == 24) st.rss_mib = std::stod(f) * static_cast<double>(::sysconf(_SC_PAGESIZE)) / (1 << 20);
-  }
-  st.cpu_seconds = (utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+  const auto f = vlorch::coord::ProcStatFields(pid);  // field k at index k - 3 (proc(5))
+  if (f.size() < 22) return st;
+  st.cpu_seconds = (std::stod(f[14 - 3]) + std::stod(f[15 - 3])) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+  st.rss_mib = std::stod(f[24 - 3]) * static_cast<double>(::sysconf(_SC_PAGESIZE)) / (1 << 20);
   return st;
 }
 
