@@ -4,7 +4,8 @@
 // rounds so that drift in the machine affects both alike. A round times `iters` calls; the
 // time of a round is the slowest rank's; the reported time is the median round.
 //   algbw = bytes / time          busbw = algbw * 2 (n - 1) / n   (nccl-tests' definitions)
-// Arguments: [max MiB=256] [rounds=5] [ring segment KiB] [min MiB] [polls before yielding].
+// Arguments: [max MiB=256] [rounds=7] [ring segment KiB] [min MiB] [polls before yielding]
+// [smallest per-rank chunk in KiB that takes the ring].
 // Output: a table on rank 0, then "summary <np> <min ratio >= 1MB> <geomean ratio >= 1MB>".
 #include <mpi.h>
 
@@ -43,7 +44,7 @@ int main(int argc, char** argv) {
   auto session = vlorch::comm::MpiSession::Init(&argc, &argv, vlorch::comm::MpiThreadLevel::kSerialized);
   if (!session.ok()) return 1;
   const int rank = (*session)->world_rank(), n = (*session)->world_size();
-  int rounds = 5;
+  int rounds = 7;
   int64_t max_bytes = int64_t{256} << 20;
   if (argc > 1) max_bytes = std::atoll(argv[1]) << 20;
   if (argc > 2) rounds = std::atoi(argv[2]);
@@ -52,6 +53,7 @@ int main(int argc, char** argv) {
   int64_t min_bytes = 4096;
   if (argc > 4) min_bytes = std::atoll(argv[4]) << 20;
   if (argc > 5) opts.spin_before_yield = std::atoi(argv[5]);
+  if (argc > 6) opts.ring_min_chunk_bytes = std::atoll(argv[6]) << 10;
 
   MPI_Comm dup;
   MPI_Comm_dup(MPI_COMM_WORLD, &dup);
@@ -59,10 +61,10 @@ int main(int argc, char** argv) {
 
   if (rank == 0) {
     std::printf("# all-reduce f32 sum, np=%d, %d rounds per size (median), ring segment %lld KiB, time in us\n", n, rounds, (long long)(opts.ring_segment_bytes >> 10));
-    std::printf("# %10s %12s | %10s %8s %8s | %10s %8s %8s | %6s\n", "bytes", "count", "vlorch_us", "algbw",
-                "busbw", "mpi_us", "algbw", "busbw", "ratio");
+    std::printf("# %10s %12s | %10s %8s %8s | %10s %8s %8s | %6s %6s\n", "bytes", "count", "vlorch_us", "algbw",
+                "busbw", "mpi_us", "algbw", "busbw", "ratio", "a/a");
   }
-  std::vector<double> big_ratios;
+  std::vector<double> big_ratios, big_aa;
   for (int64_t bytes = min_bytes; bytes <= max_bytes; bytes *= 4) {
     const int64_t count = bytes / 4;
     // Zeros stay zeros under repeated in-place sums: no overflow, no denormals.
@@ -72,18 +74,23 @@ int main(int argc, char** argv) {
     double probe = TimeRound(1, [&] { MPI_Allreduce(MPI_IN_PLACE, p, count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD); });
     int iters = static_cast<int>(std::clamp(0.2 / std::max(probe, 1e-6), 2.0, 2000.0));
     MPI_Bcast(&iters, 1, MPI_INT, 0, MPI_COMM_WORLD);
-    std::vector<double> tv, tm;
+    // Three arms per round in rotating order: vlorch, MPI, and MPI again (the A/A control,
+    // which shows how far two identical arms drift apart on this machine).
+    std::vector<double> tv, tm, ta, pair_vm, pair_aa;
     bool ok = true;
+    auto vl = [&] { ok = ok && comm->AllReduce(buf, vlorch::comm::ReduceOp::kSum).ok(); };
+    auto mp = [&] { MPI_Allreduce(MPI_IN_PLACE, p, count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD); };
     for (int r = 0; r < rounds; ++r) {
-      auto vl = [&] { ok = ok && comm->AllReduce(buf, vlorch::comm::ReduceOp::kSum).ok(); };
-      auto mp = [&] { MPI_Allreduce(MPI_IN_PLACE, p, count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD); };
-      if (r % 2 == 0) {
-        tv.push_back(TimeRound(iters, vl));
-        tm.push_back(TimeRound(iters, mp));
-      } else {
-        tm.push_back(TimeRound(iters, mp));
-        tv.push_back(TimeRound(iters, vl));
+      double t[3];
+      for (int k = 0; k < 3; ++k) {
+        const int arm = (r + k) % 3;
+        t[arm] = arm == 0 ? TimeRound(iters, vl) : TimeRound(iters, mp);
       }
+      tv.push_back(t[0]);
+      tm.push_back(t[1]);
+      ta.push_back(t[2]);
+      pair_vm.push_back(t[1] / t[0]);
+      pair_aa.push_back(t[1] / t[2]);
     }
     if (!ok) {
       std::fprintf(stderr, "vlorch all-reduce failed\n");
@@ -92,20 +99,25 @@ int main(int argc, char** argv) {
     double v = Median(tv), m = Median(tm);
     double factor = n > 1 ? 2.0 * (n - 1) / n : 1.0;
     double alg_v = bytes / v / 1e9, alg_m = bytes / m / 1e9;
-    double ratio = m / v;  // = busbw_vlorch / busbw_mpi
-    if (bytes >= (1 << 20)) big_ratios.push_back(ratio);
+    // Ratios of arms timed next to each other, median over rounds: > 1 means vlorch faster.
+    double ratio = Median(pair_vm), aa = Median(pair_aa);
+    if (bytes >= (1 << 20)) {
+      big_ratios.push_back(ratio);
+      big_aa.push_back(aa);
+    }
     if (rank == 0)
-      std::printf("  %10lld %12lld | %10.1f %8.2f %8.2f | %10.1f %8.2f %8.2f | %6.3f\n", (long long)bytes,
-                  (long long)count, v * 1e6, alg_v, alg_v * factor, m * 1e6, alg_m, alg_m * factor, ratio);
+      std::printf("  %10lld %12lld | %10.1f %8.2f %8.2f | %10.1f %8.2f %8.2f | %6.3f %6.3f\n", (long long)bytes,
+                  (long long)count, v * 1e6, alg_v, alg_v * factor, m * 1e6, alg_m, alg_m * factor, ratio, aa);
   }
   if (rank == 0) {
-    double lg = 0, mn = 1e9;
-    for (double r : big_ratios) {
-      lg += std::log(r);
-      mn = std::min(mn, r);
-    }
-    std::printf("summary np=%d min_ratio_ge_1MB=%.3f geomean_ratio_ge_1MB=%.3f\n", n, mn,
-                std::exp(lg / std::max<size_t>(1, big_ratios.size())));
+    auto geomean = [](const std::vector<double>& v) {
+      double lg = 0;
+      for (double r : v) lg += std::log(r);
+      return std::exp(lg / std::max<size_t>(1, v.size()));
+    };
+    auto lowest = [](const std::vector<double>& v) { return *std::min_element(v.begin(), v.end()); };
+    std::printf("summary np=%d min_ratio_ge_1MB=%.3f geomean_ratio_ge_1MB=%.3f aa_min_ge_1MB=%.3f aa_geomean_ge_1MB=%.3f\n",
+                n, lowest(big_ratios), geomean(big_ratios), lowest(big_aa), geomean(big_aa));
   }
   comm.reset();
   return 0;
