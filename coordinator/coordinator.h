@@ -95,7 +95,9 @@ class Coordinator {
   StatusOr<std::string> Submit(const SubmitRequest& request);
   Status Cancel(const std::string& id);
   Status Resume(const std::string& id);
-  StatusOr<nlohmann::json> Job(const std::string& id);
+  // GET /api/jobs/ID: the job record (docs/cli.md) with eta_seconds and ranks[] (each with
+  // heartbeat_age_s), as JSON text.
+  StatusOr<std::string> JobJson(const std::string& id);
   nlohmann::json Jobs();
   StatusOr<nlohmann::json> Events(const std::string& id, int64_t after);
   StatusOr<nlohmann::json> Logs(const std::string& id, int rank, const std::string& stream, int64_t incarnation,

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "common/status.h"
+#include "coordinator/http_client.h"
 
 namespace vlorch::coord {
 
@@ -36,16 +37,5 @@ class HttpServer {
   virtual int port() const = 0;
   virtual void Stop() = 0;
 };
-
-// A blocking client request (the CLI, tests, the load benchmark).
-struct HttpResult {
-  int status = 0;
-  std::string body;
-};
-StatusOr<HttpResult> HttpCall(const std::string& host, int port, const std::string& method, const std::string& target,
-                              const std::string& body = "", const std::string& token = "", double timeout_s = 10);
-
-// "host:port" -> parts; errors name the text.
-Status SplitHostPort(const std::string& text, std::string* host, int* port);
 
 }  // namespace vlorch::coord

@@ -1,6 +1,10 @@
 #include "coordinator/job_record.h"
 
 #include <chrono>
+#include <cmath>
+#include <iterator>
+#include <limits>
+#include <string_view>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -64,26 +68,108 @@ nlohmann::json ToJson(const RankInfo& r) {
             {"group_size", r.coll_group_size}}}};
 }
 
+namespace {
+
+void AppendString(std::string_view s, std::string* out) {
+  for (unsigned char c : s) {
+    if (c >= 0x80) {  // non-ASCII: nlohmann's rules (invalid UTF-8 replaced), as Dump() does
+      *out += nlohmann::json(std::string(s)).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+      return;
+    }
+  }
+  out->push_back('"');
+  for (unsigned char c : s) {
+    switch (c) {
+      case '"': *out += "\\\""; break;
+      case '\\': *out += "\\\\"; break;
+      case '\n': *out += "\\n"; break;
+      case '\r': *out += "\\r"; break;
+      case '\t': *out += "\\t"; break;
+      case '\b': *out += "\\b"; break;
+      case '\f': *out += "\\f"; break;
+      default:
+        if (c < 0x20) fmt::format_to(std::back_inserter(*out), "\\u{:04x}", c);
+        else out->push_back(static_cast<char>(c));
+    }
+  }
+  out->push_back('"');
+}
+
+// j[key] as a double: `dflt` when absent, NaN when null (how JSON carries non-finite numbers).
+double Number(const nlohmann::json& j, const char* key, double dflt) {
+  auto it = j.find(key);
+  if (it == j.end()) return dflt;
+  return it->is_null() ? std::numeric_limits<double>::quiet_NaN() : it->get<double>();
+}
+
+void AppendNumber(double v, std::string* out) {
+  if (std::isfinite(v)) fmt::format_to(std::back_inserter(*out), "{}", v);
+  else *out += "null";
+}
+
+}  // namespace
+
+void AppendJson(const RankInfo& r, std::string* out, std::optional<double> now) {
+  auto key = [out](const char* k) {
+    *out += '"';
+    *out += k;
+    *out += "\":";
+  };
+  fmt::format_to(std::back_inserter(*out), "{{\"rank\":{},\"host\":", r.rank);
+  AppendString(r.host, out);
+  fmt::format_to(std::back_inserter(*out), ",\"pid\":{},\"incarnation\":{},", r.pid, r.incarnation);
+  key("registered_at");
+  AppendNumber(r.registered_at, out);
+  *out += ',';
+  key("last_heartbeat");
+  AppendNumber(r.last_heartbeat, out);
+  if (now) {
+    *out += ',';
+    key("heartbeat_age_s");
+    AppendNumber(*now - r.last_heartbeat, out);
+  }
+  *out += ',';
+  key("stage");
+  AppendString(r.stage, out);
+  fmt::format_to(std::back_inserter(*out), ",\"step\":{},", r.step);
+  key("loss");
+  AppendNumber(r.loss, out);
+  *out += ',';
+  key("samples_per_second");
+  AppendNumber(r.samples_per_second, out);
+  *out += ',';
+  key("data_wait_seconds");
+  AppendNumber(r.data_wait_seconds, out);
+  *out += ",\"collective\":{\"group\":";
+  AppendString(r.coll_group, out);
+  *out += ",\"op\":";
+  AppendString(r.coll_op, out);
+  fmt::format_to(std::back_inserter(*out), ",\"seq\":{},\"inside\":{},", r.coll_seq, r.coll_inside);
+  key("since");
+  AppendNumber(r.coll_since, out);
+  fmt::format_to(std::back_inserter(*out), ",\"group_size\":{}}}}}", r.coll_group_size);
+}
+
 RankInfo RankFromJson(const nlohmann::json& j) {
   RankInfo r;
   r.rank = j.value("rank", 0);
   r.host = j.value("host", "");
   r.pid = j.value("pid", int64_t{0});
   r.incarnation = j.value("incarnation", int64_t{-1});
-  r.registered_at = j.value("registered_at", 0.0);
-  r.last_heartbeat = j.value("last_heartbeat", 0.0);
+  r.registered_at = Number(j, "registered_at", 0.0);
+  r.last_heartbeat = Number(j, "last_heartbeat", 0.0);
   r.stage = j.value("stage", "");
   r.step = j.value("step", int64_t{0});
-  r.loss = j.value("loss", 0.0);
-  r.samples_per_second = j.value("samples_per_second", 0.0);
-  r.data_wait_seconds = j.value("data_wait_seconds", 0.0);
+  r.loss = Number(j, "loss", 0.0);
+  r.samples_per_second = Number(j, "samples_per_second", 0.0);
+  r.data_wait_seconds = Number(j, "data_wait_seconds", 0.0);
   if (j.contains("collective") && j["collective"].is_object()) {
     const auto& c = j["collective"];
     r.coll_group = c.value("group", "");
     r.coll_op = c.value("op", "");
     r.coll_seq = c.value("seq", uint64_t{0});
     r.coll_inside = c.value("inside", false);
-    r.coll_since = c.value("since", 0.0);
+    r.coll_since = Number(c, "since", 0.0);
     r.coll_group_size = c.value("group_size", 0);
   }
   return r;
@@ -163,19 +249,19 @@ StatusOr<JobRecord> JobFromJson(const nlohmann::json& j) {
     job.restarts = j.value("restarts", 0);
     job.restart_budget = j.value("restart_budget", 3);
     job.incarnation = j.value("incarnation", int64_t{0});
-    job.submitted_at = j.value("submitted_at", 0.0);
-    job.started_at = j.value("started_at", 0.0);
-    job.finished_at = j.value("finished_at", 0.0);
-    job.next_launch_at = j.value("next_launch_at", 0.0);
+    job.submitted_at = Number(j, "submitted_at", 0.0);
+    job.started_at = Number(j, "started_at", 0.0);
+    job.finished_at = Number(j, "finished_at", 0.0);
+    job.next_launch_at = Number(j, "next_launch_at", 0.0);
     job.launcher_pid = j.value("launcher_pid", int64_t{0});
     job.launcher_start_ticks = j.value("launcher_start_ticks", int64_t{0});
     job.log_dir = j.value("log_dir", "");
     job.failure_causes = j.value("failure_causes", std::vector<std::string>{});
     job.pending_cause = j.value("pending_cause", "");
-    job.loss = j.value("loss", 0.0);
-    job.samples_per_second = j.value("samples_per_second", 0.0);
-    job.steps_per_second = j.value("steps_per_second", 0.0);
-    job.last_progress_at = j.value("last_progress_at", 0.0);
+    job.loss = Number(j, "loss", 0.0);
+    job.samples_per_second = Number(j, "samples_per_second", 0.0);
+    job.steps_per_second = Number(j, "steps_per_second", 0.0);
+    job.last_progress_at = Number(j, "last_progress_at", 0.0);
     job.last_progress_step = j.value("last_progress_step", int64_t{-1});
     return job;
   } catch (const nlohmann::json::exception& e) {

@@ -102,7 +102,12 @@ StatusOr<std::vector<JobEvent>> StateStore::Events(const std::string& job_id, in
 
 Status StateStore::PutRanks(const std::string& job_id, const std::vector<RankInfo>& ranks) {
   rocksdb::WriteBatch batch;
-  for (const auto& r : ranks) batch.Put(fmt::format("rank/{}/{:06d}", job_id, r.rank), ToJson(r).dump());
+  std::string value;
+  for (const auto& r : ranks) {
+    value.clear();
+    AppendJson(r, &value);
+    batch.Put(fmt::format("rank/{}/{:06d}", job_id, r.rank), value);
+  }
   return FromRocks(db_->Write(rocksdb::WriteOptions(), &batch), "writing rank metrics of " + job_id);
 }
 

@@ -32,6 +32,10 @@ class Reader {
     } else if constexpr (std::is_same_v<T, bool>) {
       if (!it->is_boolean()) return Wrong(key, "true or false");
     } else if constexpr (std::is_floating_point_v<T>) {
+      if (it->is_null()) {  // JSON has no NaN/inf: a diverged loss travels as null
+        *out = std::numeric_limits<T>::quiet_NaN();
+        return Status::OK();
+      }
       if (!it->is_number()) return Wrong(key, "a number");
     } else if constexpr (std::is_unsigned_v<T>) {
       if (!it->is_number_unsigned()) return Wrong(key, "a non-negative integer");

@@ -1,12 +1,12 @@
-// `vlorch coordinator start|stop|status`, `submit`, `launch`, `jobs`, `status`, `logs`,
-// `cancel`, `resume`, `events`: the coordinator's client commands (docs/cli.md).
+// `vlorch coordinator start`, `submit`, `launch` (docs/cli.md), on top of the client commands
+// of client_cmd.h: the coordinator commands of the full CLI.
 #pragma once
 
 #include <CLI/CLI.hpp>
 
 namespace vlorch::cli {
 
-// Registers the subcommands on `app`; the one that runs stores its exit code in *rc.
+// Registers these and the client commands on `app`; the one that runs stores its exit code in *rc.
 void AddCoordinatorCommands(CLI::App& app, int* rc);
 
 }  // namespace vlorch::cli

@@ -5,9 +5,12 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
+#include <limits>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -65,6 +68,15 @@ TEST(Protocol, EveryTypeRoundTrips) {
     if (t == MessageType::kProgress) EXPECT_DOUBLE_EQ(d->loss, 2.5);
     if (t == MessageType::kCheckpoint) EXPECT_EQ(d->checkpoint, m.checkpoint);
   }
+  // A diverged run's loss is NaN; JSON carries it as null and it must arrive as NaN, not be
+  // dropped as malformed (status would keep showing the last finite loss).
+  ControlMessage p;
+  p.type = MessageType::kProgress;
+  p.job = "j", p.rank = 0, p.incarnation = 1, p.stage = "s", p.step = 3, p.total_steps = 9;
+  p.loss = std::numeric_limits<double>::quiet_NaN();
+  auto d = DecodeMessage(EncodeMessage(p));
+  ASSERT_TRUE(d.ok()) << d.status().ToString();
+  EXPECT_TRUE(std::isnan(d->loss));
 }
 
 TEST(Protocol, MalformedMessagesNameTheProblem) {
@@ -130,6 +142,46 @@ TEST(JobStateMachine, EdgesOfTheDiagram) {
   }
 }
 
+// The direct writer must produce ToJson's object for any field values, strings that need
+// escaping, non-ASCII and invalid UTF-8, extreme and non-finite numbers included.
+TEST(JobRecordJson, RankTextIsTheSameObjectAsTheTree) {
+  std::vector<RankInfo> cases(4);
+  cases[0].rank = 7, cases[0].host = "node-07", cases[0].pid = 4242, cases[0].incarnation = 3;
+  cases[0].registered_at = 1.7e9 + 0.125, cases[0].last_heartbeat = 1.7e9 + 5.5, cases[0].stage = "pretrain";
+  cases[0].step = 123456789012, cases[0].loss = 2.345678901234567, cases[0].samples_per_second = 1e-7;
+  cases[0].data_wait_seconds = 0, cases[0].coll_group = "dp", cases[0].coll_op = "allreduce";
+  cases[0].coll_seq = 18446744073709551615ull, cases[0].coll_inside = true, cases[0].coll_since = 3.0;
+  cases[0].coll_group_size = 512;
+  cases[1].host = "q\"uote\\back\nnew\ttab\x01\x1f end";
+  cases[1].stage = "\xc3\xa9t\xc3\xa9 \xe2\x9c\x93";  // UTF-8
+  cases[1].coll_group = "bad \xff\xfe utf8";      // invalid UTF-8: replaced as Dump() does
+  cases[2].loss = std::numeric_limits<double>::quiet_NaN();
+  cases[2].samples_per_second = std::numeric_limits<double>::infinity();
+  cases[2].registered_at = -0.0, cases[2].last_heartbeat = 1e300, cases[2].step = -5, cases[2].pid = -1;
+  cases[3].rank = 2147483647, cases[3].loss = 5e-324, cases[3].data_wait_seconds = 123456789.0;
+  for (const RankInfo& r : cases) {
+    std::string text;
+    AppendJson(r, &text);
+    auto parsed = json::parse(text, nullptr, false);
+    ASSERT_FALSE(parsed.is_discarded()) << text;
+    const json tree = json::parse(ToJson(r).dump(-1, ' ', false, json::error_handler_t::replace));
+    EXPECT_EQ(parsed, tree) << text << "\n" << tree.dump();
+    const RankInfo back = RankFromJson(parsed);
+    EXPECT_EQ(back.step, r.step);
+    EXPECT_EQ(std::isnan(back.loss), std::isnan(r.loss));  // null reads back as NaN, not an exception
+    // With a time, heartbeat_age_s joins the same fields.
+    text.clear();
+    AppendJson(r, &text, 1.7e9 + 10);
+    parsed = json::parse(text, nullptr, false);
+    ASSERT_FALSE(parsed.is_discarded()) << text;
+    ASSERT_TRUE(parsed.contains("heartbeat_age_s"));
+    if (std::isfinite(1.7e9 + 10 - r.last_heartbeat))
+      EXPECT_DOUBLE_EQ(parsed["heartbeat_age_s"].get<double>(), 1.7e9 + 10 - r.last_heartbeat);
+    parsed.erase("heartbeat_age_s");
+    EXPECT_EQ(parsed, tree);
+  }
+}
+
 // ---------------------------------------------------------------- state store
 
 TEST(StateStore, JobsEventsAndRanksSurviveReopen) {
@@ -144,6 +196,7 @@ TEST(StateStore, JobsEventsAndRanksSurviveReopen) {
     job.restarts = 2;
     job.stages.push_back(StageRecord{"s1", "done", 40, 40, "/ck/40", 40});
     job.failure_causes = {"rank 1 exited on signal 9"};
+    job.loss = std::numeric_limits<double>::quiet_NaN();  // a diverged run must still load
     ASSERT_TRUE((*store)->PutJob(job).ok());
     for (int i = 0; i < 3; ++i) {
       JobEvent e;
@@ -172,6 +225,7 @@ TEST(StateStore, JobsEventsAndRanksSurviveReopen) {
   EXPECT_EQ((*jobs)[0].restarts, 2);
   EXPECT_EQ((*jobs)[0].stages[0].last_checkpoint, "/ck/40");
   EXPECT_EQ((*jobs)[0].failure_causes.size(), 1u);
+  EXPECT_TRUE(std::isnan((*jobs)[0].loss));
   JobEvent e;
   e.kind = "after-reopen";
   auto seq = (*store)->AppendEvent("a-1", e);
@@ -498,6 +552,65 @@ class FakeRank {
   int rank_, world_;
   int64_t incarnation_;
 };
+
+// The `vlorch` front end: output and exit code of a shell command line.
+std::string RunCli(const std::string& cmdline, int* rc) {
+  std::string out;
+  FILE* p = ::popen((cmdline + " 2>&1").c_str(), "r");
+  char buf[4096];
+  for (size_t n; p != nullptr && (n = std::fread(buf, 1, sizeof(buf), p)) > 0;) out.append(buf, n);
+  const int status = p != nullptr ? ::pclose(p) : -1;
+  *rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return out;
+}
+
+// `vlorch status` on a diverged job (NaN loss, carried as null): the human view says nan, the
+// --json view is the API's reply; both from the front end alone, without vlorch-full.
+TEST_F(LiveCoordinator, StatusCliShowsADivergedLossWithoutTheFullCli) {
+  std::vector<std::unique_ptr<FakeRank>> ranks;
+  for (int r = 0; r < 2; ++r) ranks.push_back(std::make_unique<FakeRank>(ctx_, coord_->zmq_endpoint(), r, 2));
+  for (auto& r : ranks) r->Register();
+  ControlMessage m;
+  m.type = MessageType::kProgress;
+  m.stage = "s", m.step = 5, m.total_steps = 10, m.samples_per_second = 12.5;
+  m.loss = std::numeric_limits<double>::quiet_NaN();
+  ranks[0]->Send(m);
+  json j = WaitJob("attached-job", [](const json& j) { return j["ranks"].size() == 2 && j["loss"].is_null(); }, 10);
+  ASSERT_TRUE(j["loss"].is_null()) << j.dump();
+
+  // Only the front end in a directory of its own: the client commands must not need vlorch-full.
+  const fs::path alone = dir_ / "bin";
+  fs::create_directories(alone);
+  fs::copy_file(VLORCH_CLI, alone / "vlorch");
+  const std::string cli = (alone / "vlorch").string();
+  const std::string at = fmt::format(" --coordinator 127.0.0.1:{}", coord_->http_port());
+  int rc = -1;
+  std::string out = RunCli(cli + " status attached-job" + at, &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("loss nan"), std::string::npos) << out;
+  EXPECT_NE(out.find("rank 1"), std::string::npos) << out;
+  out = RunCli(cli + " status attached-job --json" + at, &rc);
+  EXPECT_EQ(rc, 0) << out;
+  auto parsed = json::parse(out, nullptr, false);
+  ASSERT_FALSE(parsed.is_discarded()) << out;
+  EXPECT_TRUE(parsed["loss"].is_null());
+  EXPECT_EQ(parsed["ranks"].size(), 2u);
+  EXPECT_EQ(parsed["ranks"][1]["host"], "fakehost");
+  EXPECT_TRUE(parsed["ranks"][0].contains("heartbeat_age_s"));
+  out = RunCli(cli + " status no-such-job" + at, &rc);
+  EXPECT_EQ(rc, 2) << out;
+  EXPECT_NE(out.find("no job 'no-such-job'"), std::string::npos) << out;
+  out = RunCli(cli + " jobs --coordinator 127.0.0.1:1", &rc);
+  EXPECT_EQ(rc, 3) << out;
+  // Any other command goes to vlorch-full, which is not there: the error says so.
+  out = RunCli(cli + " version", &rc);
+  EXPECT_EQ(rc, 1) << out;
+  EXPECT_NE(out.find("vlorch-full"), std::string::npos) << out;
+  // Next to vlorch-full (the build tree), the same command runs it.
+  out = RunCli(std::string(VLORCH_CLI) + " version", &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("vlorch 0."), std::string::npos) << out;
+}
 
 TEST_F(LiveCoordinator, AttachedRanksAreTrackedAndAHangNamesTheMissingRank) {
   std::vector<std::unique_ptr<FakeRank>> ranks;
