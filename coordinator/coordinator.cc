@@ -575,16 +575,24 @@ void Coordinator::OnLauncherExit(JobRecord& job, int code, int signal, bool know
     if (job.current_stage + 1 == static_cast<int>(job.stages.size())) {
       if (job.state == JobState::kLaunching) Transition(job, JobState::kRunning);
       Transition(job, JobState::kSucceeded);
-      Event(job, "succeeded", fmt::format("all {} stages sealed; {} restarts", job.stages.size(), job.restarts));
+      Event(job, "succeeded", fmt::format("all {} stages sealed; {} restart{}", job.stages.size(), job.restarts, job.restarts == 1 ? "" : "s"));
       return;
     }
     if (job.state == JobState::kLaunching) Transition(job, JobState::kRunning);
     Launch(job);  // the next stage
     return;
   }
-  if (known && code == options_.preempted_exit_code) {
-    Event(job, "preempted", fmt::format("incarnation {} was preempted (SIGTERM) and committed a checkpoint; requeued",
-                                        job.incarnation));
+  // Preempted: the ranks exited with the preempted code, or (mpirun itself was signalled and
+  // exited 1) rank 0 left a record of this incarnation's preemption checkpoint.
+  const auto preempted = ReadPreemptionRecord(job.run_dir, stage.name);
+  if ((known && code == options_.preempted_exit_code) || (preempted && preempted->incarnation == job.incarnation)) {
+    if (preempted && preempted->incarnation == job.incarnation && preempted->step > stage.last_checkpoint_step) {
+      stage.last_checkpoint = preempted->checkpoint;
+      stage.last_checkpoint_step = preempted->step;
+    }
+    Event(job, "preempted",
+          fmt::format("incarnation {} was preempted (SIGTERM; {}) and committed a checkpoint at step {}; requeued",
+                      job.incarnation, how, stage.last_checkpoint_step));
     Transition(job, JobState::kQueued);
     return;
   }

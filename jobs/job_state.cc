@@ -53,8 +53,23 @@ StatusOr<std::optional<StageSeal>> ReadStageSeal(const std::string& run_dir, con
   s.checkpoint = j["checkpoint"].get<std::string>();
   s.manifest_crc32c = j["manifest_crc32c"].get<uint32_t>();
   s.steps = j.value("steps", int64_t{0});
-  s.loss = j.value("loss", 0.0);
+  s.loss = j.contains("loss") && j["loss"].is_number() ? j["loss"].get<double>() : 0.0;  // null: a NaN loss
   return std::optional<StageSeal>(s);
+}
+
+Status WritePreemptionRecord(const std::string& run_dir, const std::string& stage, const PreemptionRecord& record) {
+  nlohmann::json j = {{"incarnation", record.incarnation}, {"step", record.step}, {"checkpoint", record.checkpoint}};
+  return WriteFileAtomically((fs::path(StageDir(run_dir, stage)) / "preempted.json").string(), j.dump(2) + "\n");
+}
+
+std::optional<PreemptionRecord> ReadPreemptionRecord(const std::string& run_dir, const std::string& stage) {
+  std::ifstream in(fs::path(StageDir(run_dir, stage)) / "preempted.json");
+  if (!in) return std::nullopt;
+  nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("incarnation") || !j["incarnation"].is_number_integer() ||
+      !j.contains("step") || !j["step"].is_number_integer() || !j.contains("checkpoint") || !j["checkpoint"].is_string())
+    return std::nullopt;
+  return PreemptionRecord{j["incarnation"].get<int64_t>(), j["step"].get<int64_t>(), j["checkpoint"].get<std::string>()};
 }
 
 Status SealStage(const std::string& run_dir, StageSeal seal) {

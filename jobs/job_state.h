@@ -3,6 +3,7 @@
 //
 //   <run_dir>/stages/<stage>/state.json        the stage's seal (written once, atomically)
 //   <run_dir>/stages/<stage>/checkpoints/      committed checkpoints; `latest` names the newest
+//   <run_dir>/stages/<stage>/preempted.json    the last stop by SIGTERM (see PreemptionRecord)
 //
 // A stage is sealed when its final checkpoint is committed and state.json records it with
 // the CRC32C of that checkpoint's manifest (which holds every file's size and CRC32C). A
@@ -43,6 +44,19 @@ Status SealStage(const std::string& run_dir, StageSeal seal);
 // OK when the sealed checkpoint still has the manifest it was sealed with; otherwise
 // Corruption naming the checkpoint and the stage.
 Status VerifySealedCheckpoint(const StageSeal& seal);
+
+// Rank 0 writes this (atomically) after committing the checkpoint of a SIGTERM stop, so that
+// whoever launched the ranks can tell a preemption from a failure whatever mpirun's own exit
+// code says: Open MPI's mpirun exits 1 when it is signalled itself, even after every rank
+// committed and exited with the preempted code.
+struct PreemptionRecord {
+  int64_t incarnation = 0;  // the coordinator's launch number (0 without a coordinator)
+  int64_t step = 0;
+  std::string checkpoint;
+};
+Status WritePreemptionRecord(const std::string& run_dir, const std::string& stage, const PreemptionRecord& record);
+// nullopt when there is none, or when it cannot be read (it is only a hint; checkpoints rule).
+std::optional<PreemptionRecord> ReadPreemptionRecord(const std::string& run_dir, const std::string& stage);
 
 enum class StageStatus { kPending, kInProgress, kSealed };
 const char* StageStatusName(StageStatus status);  // "pending", "in-progress", "sealed"

@@ -26,6 +26,7 @@
 #include "worker/comm/device_mesh.h"
 #include "worker/comm/mpi_runtime.h"
 #include "jobs/job_spec.h"
+#include "jobs/job_state.h"
 #include "worker/comm_check.h"
 #include "worker/train/evaluate.h"
 #include "worker/train/stage_runner.h"
@@ -153,7 +154,14 @@ int RunTraining(const std::string& job_path, const std::string& stage, vlorch::t
       }
       std::fflush(stdout);
     }
-    if (r->outcome == vlorch::train::StageOutcome::kPreempted) return preempted_exit_code;
+    if (r->outcome == vlorch::train::StageOutcome::kPreempted) {
+      if ((*mesh)->rank() == 0) {
+        const std::string run_dir = options.run_dir.empty() ? job->run_dir : options.run_dir;
+        vlorch::Status s = vlorch::WritePreemptionRecord(run_dir, name, {af.incarnation, r->steps, r->checkpoint});
+        if (!s.ok()) VLOG_WARNING("{}", s.ToString());  // the checkpoint is committed all the same
+      }
+      return preempted_exit_code;
+    }
   }
   return 0;
 }

@@ -300,6 +300,44 @@ TEST_F(MpirunCoordinator, CoordinatorKilledMidJobRecoversAndTheJobCompletes) {
   ExpectReferenceWeights();
 }
 
+// A scheduler's SIGTERM to mpirun's process group (preemption): the ranks commit a
+// checkpoint, exit with the preempted code, the job is requeued (no restart counted) and goes
+// on. Then `vlorch cancel` stops it (a checkpoint first) and `vlorch resume` finishes it; the
+// final weights still equal the uninterrupted run's.
+TEST_F(MpirunCoordinator, PreemptedJobIsRequeuedAndACancelledOneResumes) {
+  StartCoordinator();
+  const std::string id = Submit({{"VLORCH_OVERSUBSCRIBE", "1"}});
+  json j = WaitJob(id, [](const json& j) {
+    return Terminal(j) || (j["state"] == "running" && j["stages"][0]["step"].get<int64_t>() >= 6 &&
+                           j["ranks"].size() == kNp);
+  }, 180);
+  ASSERT_EQ(j["state"], "running") << j.dump(1);
+  const pid_t mpirun = static_cast<pid_t>(j["launcher_pid"].get<int64_t>());
+  ASSERT_GT(mpirun, 0);
+  ASSERT_EQ(::kill(-mpirun, SIGTERM), 0);  // mpirun leads its own process group
+  j = WaitJob(id, [](const json& j) { return Terminal(j) || j["incarnation"].get<int64_t>() >= 2; }, 120);
+  auto kinds = EventKinds(id);
+  ASSERT_NE(std::find(kinds.begin(), kinds.end(), "preempted"), kinds.end()) << j.dump(1);
+  EXPECT_EQ(j["restarts"], 0);
+  EXPECT_TRUE(j["failure_causes"].empty()) << j.dump(1);
+
+  // Cancel as soon as the second incarnation runs, through the CLI.
+  j = WaitJob(id, [](const json& j) { return Terminal(j) || (j["state"] == "running" && j["ranks"].size() == kNp); }, 180);
+  ASSERT_EQ(j["state"], "running") << j.dump(1);
+  int rc = -1;
+  std::string out = Shell(fmt::format("{} cancel {} --coordinator 127.0.0.1:{}", VLORCH_CLI, id, http_port_), &rc);
+  ASSERT_EQ(rc, 0) << out;
+  j = WaitJob(id, [](const json& j) { return j["state"] == "cancelled" && j["launcher_pid"].get<int64_t>() == 0; }, 120);
+  kinds = EventKinds(id);
+  EXPECT_NE(std::find(kinds.begin(), kinds.end(), "stopped"), kinds.end()) << j.dump(1);
+  out = Shell(fmt::format("{} resume {} --coordinator 127.0.0.1:{}", VLORCH_CLI, id, http_port_), &rc);
+  ASSERT_EQ(rc, 0) << out;
+  j = WaitJob(id, Terminal, 300);
+  ASSERT_EQ(j["state"], "succeeded") << j.dump(1);
+  EXPECT_EQ(j["restarts"], 0);
+  ExpectReferenceWeights();
+}
+
 TEST_F(MpirunCoordinator, HungRankIsNamedWithinTheHangTimeout) {
   StartCoordinator("--hang-timeout 4");
   const std::string id = Submit({{"VLORCH_OVERSUBSCRIBE", "1"}, {"VLORCH_FAULT", "hang:rank=1:step=5:incarnation=1"}});

@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <filesystem>
+#include <limits>
 #include <fstream>
 
 #include <gtest/gtest.h>
@@ -223,12 +224,23 @@ TEST(JobState, SealVerifyAndProgress) {
   seal.stage = "vpg";
   seal.checkpoint = ck;
   seal.steps = 10;
+  seal.loss = std::numeric_limits<double>::quiet_NaN();  // a diverged stage: JSON null, read back as 0
   ASSERT_TRUE(SealStage(run.string(), seal).ok());
   auto read = ReadStageSeal(run.string(), "vpg");
   ASSERT_TRUE(read.ok() && read->has_value()) << read.status().ToString();
   EXPECT_EQ((*read)->checkpoint, ck);
   EXPECT_EQ((*read)->steps, 10);
   EXPECT_TRUE(VerifySealedCheckpoint(**read).ok());
+  // The preemption record: absent, written, read back; a damaged one is no record at all.
+  EXPECT_FALSE(ReadPreemptionRecord(run.string(), "vpg").has_value());
+  ASSERT_TRUE(WritePreemptionRecord(run.string(), "vpg", {3, 7, ck}).ok());
+  auto pre = ReadPreemptionRecord(run.string(), "vpg");
+  ASSERT_TRUE(pre.has_value());
+  EXPECT_EQ(pre->incarnation, 3);
+  EXPECT_EQ(pre->step, 7);
+  EXPECT_EQ(pre->checkpoint, ck);
+  std::ofstream(fs::path(StageDir(run.string(), "vpg")) / "preempted.json") << "{\"incarnation\": \"3\"";
+  EXPECT_FALSE(ReadPreemptionRecord(run.string(), "vpg").has_value());
   struct stat st {};
   ASSERT_EQ(::stat((fs::path(ck) / "model.safetensors").c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0222, 0u) << "sealed files are read-only";
