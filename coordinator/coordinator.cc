@@ -584,9 +584,10 @@ void Coordinator::OnLauncherExit(JobRecord& job, int code, int signal, bool know
   }
   // Preempted: the ranks exited with the preempted code, or (mpirun itself was signalled and
   // exited 1) rank 0 left a record of this incarnation's preemption checkpoint.
-  const auto preempted = ReadPreemptionRecord(job.run_dir, stage.name);
-  if ((known && code == options_.preempted_exit_code) || (preempted && preempted->incarnation == job.incarnation)) {
-    if (preempted && preempted->incarnation == job.incarnation && preempted->step > stage.last_checkpoint_step) {
+  auto preempted = ReadPreemptionRecord(job.run_dir, stage.name);
+  if (preempted && preempted->incarnation != job.incarnation) preempted.reset();  // an earlier launch's
+  if ((known && code == options_.preempted_exit_code) || preempted) {
+    if (preempted && preempted->step > stage.last_checkpoint_step) {
       stage.last_checkpoint = preempted->checkpoint;
       stage.last_checkpoint_step = preempted->step;
     }
@@ -891,7 +892,7 @@ StatusOr<std::string> Coordinator::JobJson(const std::string& id) {
     if (found == nullptr) return NotFoundError(fmt::format("no job '{}'; `vlorch jobs` lists them", id));
     job = *found;  // the text for thousands of ranks is written without holding mu_
   }
-  nlohmann::json j = ToJson(job, false);
+  nlohmann::json j = ToJson(job);
   double eta = -1;
   if (job.current_stage < static_cast<int>(job.stages.size())) {
     const auto& s = job.stages[job.current_stage];

@@ -47,27 +47,6 @@ double Now() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
-nlohmann::json ToJson(const RankInfo& r) {
-  return {{"rank", r.rank},
-          {"host", r.host},
-          {"pid", r.pid},
-          {"incarnation", r.incarnation},
-          {"registered_at", r.registered_at},
-          {"last_heartbeat", r.last_heartbeat},
-          {"stage", r.stage},
-          {"step", r.step},
-          {"loss", r.loss},
-          {"samples_per_second", r.samples_per_second},
-          {"data_wait_seconds", r.data_wait_seconds},
-          {"collective",
-           {{"group", r.coll_group},
-            {"op", r.coll_op},
-            {"seq", r.coll_seq},
-            {"inside", r.coll_inside},
-            {"since", r.coll_since},
-            {"group_size", r.coll_group_size}}}};
-}
-
 namespace {
 
 void AppendString(std::string_view s, std::string* out) {
@@ -175,7 +154,7 @@ RankInfo RankFromJson(const nlohmann::json& j) {
   return r;
 }
 
-nlohmann::json ToJson(const JobRecord& job, bool with_ranks) {
+nlohmann::json ToJson(const JobRecord& job) {
   nlohmann::json stages = nlohmann::json::array();
   for (const auto& s : job.stages) {
     stages.push_back({{"name", s.name},
@@ -214,11 +193,6 @@ nlohmann::json ToJson(const JobRecord& job, bool with_ranks) {
                       {"steps_per_second", job.steps_per_second},
                       {"last_progress_at", job.last_progress_at},
                       {"last_progress_step", job.last_progress_step}};
-  if (with_ranks) {
-    nlohmann::json ranks = nlohmann::json::array();
-    for (const auto& [r, info] : job.ranks) ranks.push_back(ToJson(info));
-    j["ranks"] = ranks;
-  }
   return j;
 }
 

@@ -97,14 +97,16 @@ struct JobRecord {
   std::map<int, RankInfo> ranks;  // not persisted with the job (see StateStore::PutRanks)
 };
 
-nlohmann::json ToJson(const JobRecord& job, bool with_ranks);
+// The job without its ranks (those are stored and served separately, see AppendJson).
+nlohmann::json ToJson(const JobRecord& job);
 StatusOr<JobRecord> JobFromJson(const nlohmann::json& j);
-nlohmann::json ToJson(const RankInfo& rank);
 RankInfo RankFromJson(const nlohmann::json& j);
-// Appends ToJson(rank) as compact JSON text (the same object; non-finite numbers as null),
-// plus "heartbeat_age_s" = now - last_heartbeat when `now` is given. Written directly rather
-// than through a json tree: GET /api/jobs/ID and the rank flush do this for thousands of
-// ranks, where the tree cost ~10 us a rank.
+// Appends a rank as compact JSON text — {rank, host, pid, incarnation, registered_at,
+// last_heartbeat, stage, step, loss, samples_per_second, data_wait_seconds, collective{group,
+// op, seq, inside, since, group_size}}, non-finite numbers as null — plus "heartbeat_age_s" =
+// now - last_heartbeat when `now` is given. The only rank encoder (RankFromJson reads it back):
+// written directly rather than through a json tree, because GET /api/jobs/ID and the rank flush
+// do this for thousands of ranks, where the tree cost ~10 us a rank.
 void AppendJson(const RankInfo& rank, std::string* out, std::optional<double> now = std::nullopt);
 
 // Unix time in seconds.

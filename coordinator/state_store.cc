@@ -49,7 +49,7 @@ Status StateStore::Put(const std::string& key, const std::string& value, bool sy
   return FromRocks(db_->Put(wo, key, value), "writing " + key);
 }
 
-Status StateStore::PutJob(const JobRecord& job) { return Put("job/" + job.id, ToJson(job, false).dump(), true); }
+Status StateStore::PutJob(const JobRecord& job) { return Put("job/" + job.id, ToJson(job).dump(), true); }
 
 StatusOr<std::vector<JobRecord>> StateStore::LoadJobs() {
   std::vector<JobRecord> out;
