@@ -5,6 +5,28 @@
 
 namespace vlorch::dataflow {
 
+at::Tensor StagingPool::Acquire(at::IntArrayRef sizes, at::ScalarType dtype) {
+  int64_t numel = 1;
+  for (int64_t d : sizes) numel *= d;
+  std::lock_guard<std::mutex> lock(mu_);
+  at::Tensor* unfit = nullptr;  // a free buffer too small or of another dtype
+  for (at::Tensor& b : buffers_) {
+    // use_count 1 on both: no batch holds this tensor, and no view of its memory is alive.
+    if (b.use_count() != 1 || b.storage().use_count() != 1) continue;
+    if (b.scalar_type() == dtype && b.numel() >= numel) return b.narrow(0, 0, numel).view(sizes);
+    unfit = &b;
+  }
+  at::Tensor fresh = at::empty({numel}, dtype);
+  if (unfit != nullptr) *unfit = fresh;
+  else if (buffers_.size() < capacity_) buffers_.push_back(fresh);
+  return fresh.view(sizes);
+}
+
+size_t StagingPool::size() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return buffers_.size();
+}
+
 StatusOr<Batch> Collate(const std::vector<CollateInput>& samples, const CollateOptions& o) {
   if (o.pad_to_multiple_of < 1) return InvalidArgumentError("pad_to_multiple_of must be >= 1");
   const int s = o.image.size;
@@ -12,7 +34,9 @@ StatusOr<Batch> Collate(const std::vector<CollateInput>& samples, const CollateO
   // Decode images first into a staging tensor sized for all of them; drop failures.
   int64_t with_image = 0;
   for (const auto& in : samples) with_image += in.encoded.image_position >= 0;
-  at::Tensor staging = at::empty({with_image, 3, s, s}, o.uint8_images ? at::kByte : at::kFloat);
+  const at::ScalarType dtype = o.uint8_images ? at::kByte : at::kFloat;
+  at::Tensor staging = o.staging_pool ? o.staging_pool->Acquire({with_image, 3, s, s}, dtype)
+                                      : at::empty({with_image, 3, s, s}, dtype);
   std::vector<const CollateInput*> kept;
   std::vector<int64_t> kept_image_slot;  // index into staging, -1 without image
   Batch b;

@@ -121,6 +121,10 @@ StatusOr<std::unique_ptr<DataPipeline>> DataPipeline::Open(const PipelineOptions
   RETURN_IF_ERROR(options.Validate());
   auto rep = std::make_unique<Rep>();
   rep->options = options;
+  // Batches in flight (at most `prefetch`) plus the one the consumer trains on and the one
+  // before it, which autograd may still hold.
+  if (!rep->options.collate.staging_pool)
+    rep->options.collate.staging_pool = std::make_shared<StagingPool>(static_cast<size_t>(options.prefetch) + 2);
   std::vector<OrderOptions> orders;
   for (const std::string& dir : options.stores) {
     sharding::ShardStoreOptions so;

@@ -6,7 +6,8 @@
 // Workers reserve steps in order under a lock (advancing the cursor is cheap integer work),
 // build their batches in parallel, and Next() hands them out in step order. At most
 // `prefetch` batches are built ahead of the consumer, so memory stays within
-// prefetch x (one batch) whatever the dataset size. Each batch comes with the cursor after
+// prefetch x (one batch) whatever the dataset size, plus the image buffers of up to
+// prefetch + 2 batches that a StagingPool keeps for reuse while the pipeline is open. Each batch comes with the cursor after
 // it (for the checkpoint); a pipeline opened from that cursor continues with exactly the
 // batches the first would have produced.
 //

@@ -65,5 +65,54 @@ TEST(CollateTest, UndecodableImagesAreSkippedAndCounted) {
   EXPECT_EQ(none.status().code(), StatusCode::kInvalidArgument);
 }
 
+// The pool hands a buffer out again only once nothing else refers to its memory.
+TEST(StagingPoolTest, ReusesOnlyReleasedBuffers) {
+  StagingPool pool(2);
+  at::Tensor a = pool.Acquire({2, 3, 4, 4}, at::kFloat);
+  const void* a_mem = a.data_ptr();
+  at::Tensor b = pool.Acquire({2, 3, 4, 4}, at::kFloat);
+  EXPECT_NE(b.data_ptr(), a_mem);  // a is still held
+  at::Tensor view = a.narrow(0, 1, 1);
+  a.reset();
+  at::Tensor c = pool.Acquire({2, 3, 4, 4}, at::kFloat);
+  EXPECT_NE(c.data_ptr(), a_mem);  // a view of a's memory is still alive
+  EXPECT_EQ(pool.size(), 2u);      // c is beyond the capacity: not kept
+  view.reset();
+  at::Tensor d = pool.Acquire({1, 3, 4, 4}, at::kFloat);  // smaller fits in a's buffer
+  EXPECT_EQ(d.data_ptr(), a_mem);
+  EXPECT_EQ(d.sizes(), (std::vector<int64_t>{1, 3, 4, 4}));
+  d.reset();
+  b.reset();
+  // Larger than any free buffer: a free one is replaced, the pool does not grow.
+  at::Tensor e = pool.Acquire({4, 3, 4, 4}, at::kFloat);
+  EXPECT_EQ(pool.size(), 2u);
+  const void* e_mem = e.data_ptr();
+  e.reset();
+  EXPECT_EQ(pool.Acquire({4, 3, 4, 4}, at::kFloat).data_ptr(), e_mem);
+  EXPECT_EQ(pool.Acquire({4, 3, 4, 4}, at::kByte).scalar_type(), at::kByte);
+}
+
+// Batches collated from a pool own their images until they are dropped.
+TEST(StagingPoolTest, CollatedBatchesDoNotShareLiveImages) {
+  CollateOptions o;
+  o.image.size = 16;
+  o.staging_pool = std::make_shared<StagingPool>(4);
+  std::vector<CollateInput> one = {Sample("a", {1, 7, 5}, 1, sharding::EncodeTestJpeg(40, 30, 1))};
+  std::vector<CollateInput> two = {Sample("b", {1, 7, 5}, 1, sharding::EncodeTestJpeg(40, 30, 2))};
+  auto first = Collate(one, o);
+  ASSERT_TRUE(first.ok());
+  at::Tensor kept = first->images.clone();
+  auto second = Collate(two, o);
+  ASSERT_TRUE(second.ok());
+  EXPECT_NE(first->images.data_ptr(), second->images.data_ptr());
+  EXPECT_TRUE(at::equal(first->images, kept));  // not overwritten by the second batch
+  const void* mem = first->images.data_ptr();
+  *first = Batch{};
+  auto third = Collate(one, o);
+  ASSERT_TRUE(third.ok());
+  EXPECT_EQ(third->images.data_ptr(), mem);  // the dropped batch's buffer came back
+  EXPECT_TRUE(at::equal(third->images, kept));
+}
+
 }  // namespace
 }  // namespace vlorch::dataflow
