@@ -103,15 +103,23 @@ void ResampleRows(const uint8_t* __restrict in, size_t stride, int row_len, int 
   }
 }
 
-// [rows][cols] of 3-byte pixels (row i at in + i * stride) -> [cols][rows].
+// [rows][cols] of 3-byte pixels (row i at in + i * stride) -> [cols][rows], in square tiles
+// so that both the reads and the writes stay within a few cache lines per row.
 void TransposeRgb(const uint8_t* in, size_t stride, int rows, int cols, uint8_t* out) {
-  for (int r = 0; r < rows; ++r) {
-    const uint8_t* p = in + static_cast<size_t>(r) * stride;
-    for (int c = 0; c < cols; ++c, p += 3) {
-      uint8_t* q = out + (static_cast<size_t>(c) * rows + r) * 3;
-      q[0] = p[0];
-      q[1] = p[1];
-      q[2] = p[2];
+  constexpr int kTile = 16;
+  for (int r0 = 0; r0 < rows; r0 += kTile) {
+    const int r1 = std::min(rows, r0 + kTile);
+    for (int c0 = 0; c0 < cols; c0 += kTile) {
+      const int c1 = std::min(cols, c0 + kTile);
+      for (int r = r0; r < r1; ++r) {
+        const uint8_t* p = in + static_cast<size_t>(r) * stride + static_cast<size_t>(c0) * 3;
+        uint8_t* q = out + (static_cast<size_t>(c0) * rows + r) * 3;
+        for (int c = c0; c < c1; ++c, p += 3, q += static_cast<size_t>(rows) * 3) {
+          q[0] = p[0];
+          q[1] = p[1];
+          q[2] = p[2];
+        }
+      }
     }
   }
 }
