@@ -29,16 +29,19 @@ struct Coeffs {
   std::vector<int32_t> k;   // per output: ksize fixed-point weights
 };
 
-Coeffs Precompute(int in_size, int out_size) {
+// Pillow's filter for resizing in_size -> out_size, for the outputs first .. first + count - 1
+// (entry i of the result is output first + i).
+Coeffs Precompute(int in_size, int out_size, int first, int count) {
   Coeffs c;
   const double scale = static_cast<double>(in_size) / out_size;
   const double filterscale = std::max(scale, 1.0);
   const double support = 2.0 * filterscale;
   c.ksize = static_cast<int>(std::ceil(support)) * 2 + 1;
-  c.bounds.resize(out_size * 2);
-  c.k.assign(static_cast<size_t>(out_size) * c.ksize, 0);
+  c.bounds.resize(count * 2);
+  c.k.assign(static_cast<size_t>(count) * c.ksize, 0);
   std::vector<double> w(c.ksize);
-  for (int xx = 0; xx < out_size; ++xx) {
+  for (int i = 0; i < count; ++i) {
+    const int xx = first + i;
     const double center = (xx + 0.5) * scale;
     const double ss = 1.0 / filterscale;
     int xmin = static_cast<int>(center - support + 0.5);
@@ -53,10 +56,10 @@ Coeffs Precompute(int in_size, int out_size) {
     }
     for (int x = 0; x < xmax; ++x) {
       double v = ww != 0.0 ? w[x] / ww : w[x];
-      c.k[xx * c.ksize + x] = static_cast<int32_t>(v < 0 ? -0.5 + v * (1 << kPrecisionBits) : 0.5 + v * (1 << kPrecisionBits));
+      c.k[i * c.ksize + x] = static_cast<int32_t>(v < 0 ? -0.5 + v * (1 << kPrecisionBits) : 0.5 + v * (1 << kPrecisionBits));
     }
-    c.bounds[xx * 2] = xmin;
-    c.bounds[xx * 2 + 1] = xmax;
+    c.bounds[i * 2] = xmin;
+    c.bounds[i * 2 + 1] = xmax;
   }
   return c;
 }
@@ -79,7 +82,7 @@ Scratch& ThreadScratch() {
 }
 
 // Resamples along the first axis of an array of rows (row i at in + i * stride, row_len
-// bytes used): output row r (r = first_out ..) = sum_t in[bounds_r + t] * k_r[t], accumulated
+// bytes used): output row r = sum_t in[bounds_r + t - row_offset] * k_r[t], accumulated
 // over whole input rows (a contiguous, vectorisable inner loop). Integer sums are exact in any
 // order, so this equals Pillow's per-pixel loop bit for bit. Built for AVX2 as well as the
 // x86-64 baseline (the widening 32-bit multiplies are what SSE2 lacks), chosen at load time.
@@ -87,11 +90,10 @@ Scratch& ThreadScratch() {
 __attribute__((target_clones("avx2", "default")))
 #endif
 void ResampleRows(const uint8_t* __restrict in, size_t stride, int row_len, int row_offset, const Coeffs& c,
-                  int first_out, int out_rows, uint8_t* __restrict out, int32_t* __restrict acc) {
+                  int out_rows, uint8_t* __restrict out, int32_t* __restrict acc) {
   for (int r = 0; r < out_rows; ++r) {
-    const int rr = first_out + r;
-    const int first = c.bounds[rr * 2] - row_offset, taps = c.bounds[rr * 2 + 1];
-    const int32_t* k = &c.k[static_cast<size_t>(rr) * c.ksize];
+    const int first = c.bounds[r * 2] - row_offset, taps = c.bounds[r * 2 + 1];
+    const int32_t* k = &c.k[static_cast<size_t>(r) * c.ksize];
     for (int x = 0; x < row_len; ++x) acc[x] = 1 << (kPrecisionBits - 1);
     for (int t = 0; t < taps; ++t) {
       const uint8_t* __restrict line = in + static_cast<size_t>(first + t) * stride;
@@ -135,10 +137,9 @@ void ResizeCrop(const uint8_t* in, int w, int h, int ow, int oh, int left, int t
   Coeffs vert;
   int row0 = top, rows = size;  // the input rows the vertical pass reads
   if (oh != h) {
-    vert = Precompute(h, oh);
-    row0 = vert.bounds[top * 2];
-    const int last = top + size - 1;
-    rows = vert.bounds[last * 2] + vert.bounds[last * 2 + 1] - row0;
+    vert = Precompute(h, oh, top, size);
+    row0 = vert.bounds[0];
+    rows = vert.bounds[size * 2 - 2] + vert.bounds[size * 2 - 1] - row0;
   }
   // Horizontal pass over those rows into `src` (rows x size pixels), as a pass over the
   // transposed rows.
@@ -150,8 +151,8 @@ void ResizeCrop(const uint8_t* in, int w, int h, int ow, int oh, int left, int t
     s.horiz.resize(static_cast<size_t>(rows) * size * 3);
     s.acc.resize(std::max<size_t>(s.acc.size(), static_cast<size_t>(rows) * 3));
     TransposeRgb(in + static_cast<size_t>(row0) * w * 3, static_cast<size_t>(w) * 3, rows, w, s.transposed.data());
-    ResampleRows(s.transposed.data(), static_cast<size_t>(rows) * 3, rows * 3, 0, Precompute(w, ow), left, size,
-                 s.resampled.data(), s.acc.data());
+    ResampleRows(s.transposed.data(), static_cast<size_t>(rows) * 3, rows * 3, 0, Precompute(w, ow, left, size),
+                 size, s.resampled.data(), s.acc.data());
     TransposeRgb(s.resampled.data(), static_cast<size_t>(rows) * 3, size, rows, s.horiz.data());
     src = s.horiz.data();
     src_stride = out_row;
@@ -161,7 +162,7 @@ void ResizeCrop(const uint8_t* in, int w, int h, int ow, int oh, int left, int t
     return;
   }
   s.acc.resize(std::max(s.acc.size(), out_row));
-  ResampleRows(src, src_stride, static_cast<int>(out_row), row0, vert, top, size, out, s.acc.data());
+  ResampleRows(src, src_stride, static_cast<int>(out_row), row0, vert, size, out, s.acc.data());
 }
 
 // Decodes and resizes+crops to size x size RGB (HWC), in ThreadScratch().crop.

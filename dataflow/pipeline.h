@@ -7,9 +7,9 @@
 // build their batches in parallel, and Next() hands them out in step order. At most
 // `prefetch` batches are built ahead of the consumer, so memory stays within
 // prefetch x (one batch) whatever the dataset size, plus the image buffers of up to
-// prefetch + 2 batches that a StagingPool keeps for reuse while the pipeline is open. Each batch comes with the cursor after
-// it (for the checkpoint); a pipeline opened from that cursor continues with exactly the
-// batches the first would have produced.
+// prefetch + 2 batches that a StagingPool keeps for reuse while the pipeline is open. Each
+// batch comes with the cursor after it (for the checkpoint); a pipeline opened from that
+// cursor continues with exactly the batches the first would have produced.
 //
 // Samples whose image does not decode, whose template does not apply, or whose prompt alone
 // exceeds max_len are skipped and counted (the batch is that much smaller), never fatal. So
