@@ -1,7 +1,9 @@
 #include "dataflow/image.h"
-#include "sharding/turbojpeg_handle.h"
 
-#include <turbojpeg.h>
+#include <csetjmp>
+#include <cstdio>  // jpeglib.h needs FILE
+
+#include <jpeglib.h>
 
 #include <algorithm>
 #include <cmath>
@@ -75,6 +77,7 @@ inline uint8_t Clip8(int32_t v) {
 struct Scratch {
   std::vector<uint8_t> rgb, transposed, resampled, horiz, crop;
   std::vector<int32_t> acc;
+  std::vector<unsigned char*> rows;  // libjpeg's row pointers into rgb
 };
 Scratch& ThreadScratch() {
   thread_local Scratch s;
@@ -126,97 +129,234 @@ void TransposeRgb(const uint8_t* in, size_t stride, int rows, int cols, uint8_t*
   }
 }
 
-// RGB interleaved, w x h, resized to ow x oh like Pillow's ImagingResample with BICUBIC
-// (horizontal pass first, rounded to 8 bits, then vertical), of which only the size x size
-// window at (left, top) is computed and written to `out`. Each output pixel depends only on
-// its own filter taps, so the window equals the same window of the full resize bit for bit,
-// at a fraction of its cost when the aspect ratio is far from 1.
-void ResizeCrop(const uint8_t* in, int w, int h, int ow, int oh, int left, int top, int size, uint8_t* out) {
+// The resize and crop of one image: torchvision's Resize(int) then CenterCrop(size), in the
+// coordinates of the decoded w x h image, with the filters for the crop's outputs only.
+struct Plan {
+  int w = 0, h = 0;        // decoded (after DCT scaling)
+  int ow = 0, oh = 0;      // resized
+  int left = 0, top = 0;   // crop offset in the resized image
+  Coeffs horiz, vert;      // filters for the crop's columns / rows (when that axis is resized)
+  int x0 = 0, x1 = 0;      // decoded columns the crop depends on: [x0, x1)
+  int y0 = 0, y1 = 0;      // decoded rows the crop depends on: [y0, y1)
+};
+
+Plan MakePlan(int w, int h, int size) {
+  Plan p;
+  p.w = w;
+  p.h = h;
+  // torchvision Resize(int): the short side becomes `size`, the long one int(size*long/short).
+  if (w <= h) {
+    p.ow = size;
+    p.oh = static_cast<int>(static_cast<int64_t>(size) * h / w);
+  } else {
+    p.oh = size;
+    p.ow = static_cast<int>(static_cast<int64_t>(size) * w / h);
+  }
+  // torchvision center_crop: int(round((h - size) / 2.0)), Python's round is half-to-even.
+  p.top = static_cast<int>(std::nearbyint((p.oh - size) / 2.0));
+  p.left = static_cast<int>(std::nearbyint((p.ow - size) / 2.0));
+  // Every output's taps start and end no earlier than the previous output's, so the first
+  // and last outputs bound the input an axis needs.
+  auto span = [size](const Coeffs& c, int* lo, int* hi) {
+    *lo = c.bounds[0];
+    *hi = c.bounds[size * 2 - 2] + c.bounds[size * 2 - 1];
+  };
+  if (p.ow != w) {
+    p.horiz = Precompute(w, p.ow, p.left, size);
+    span(p.horiz, &p.x0, &p.x1);
+  } else {
+    p.x0 = p.left;
+    p.x1 = p.left + size;
+  }
+  if (p.oh != h) {
+    p.vert = Precompute(h, p.oh, p.top, size);
+    span(p.vert, &p.y0, &p.y1);
+  } else {
+    p.y0 = p.top;
+    p.y1 = p.top + size;
+  }
+  return p;
+}
+
+// Resizes like Pillow's ImagingResample with BICUBIC (horizontal pass first, rounded to 8
+// bits, then vertical) and writes only the size x size crop window to `out`. Each output
+// pixel depends only on its own filter taps, so the window equals the same window of the full
+// resize bit for bit, at a fraction of its cost when the aspect ratio is far from 1. `in`
+// holds the decoded pixels of columns [in_x, ...) and rows [in_y, ...) with row stride
+// `stride`; it must cover the plan's [x0, x1) x [y0, y1).
+void ResizeCrop(const uint8_t* in, size_t stride, int in_x, int in_y, const Plan& p, int size, uint8_t* out) {
   Scratch& s = ThreadScratch();
   const size_t out_row = static_cast<size_t>(size) * 3;
-  Coeffs vert;
-  int row0 = top, rows = size;  // the input rows the vertical pass reads
-  if (oh != h) {
-    vert = Precompute(h, oh, top, size);
-    row0 = vert.bounds[0];
-    rows = vert.bounds[size * 2 - 2] + vert.bounds[size * 2 - 1] - row0;
-  }
+  const int rows = p.y1 - p.y0;  // the input rows the vertical pass reads
+  const uint8_t* region = in + static_cast<size_t>(p.y0 - in_y) * stride + static_cast<size_t>(p.x0 - in_x) * 3;
   // Horizontal pass over those rows into `src` (rows x size pixels), as a pass over the
   // transposed rows.
-  const uint8_t* src = in + (static_cast<size_t>(row0) * w + left) * 3;
-  size_t src_stride = static_cast<size_t>(w) * 3;
-  if (ow != w) {
-    s.transposed.resize(static_cast<size_t>(rows) * w * 3);
+  const uint8_t* src = region;
+  size_t src_stride = stride;
+  if (p.ow != p.w) {
+    const int cols = p.x1 - p.x0;
+    s.transposed.resize(static_cast<size_t>(rows) * cols * 3);
     s.resampled.resize(static_cast<size_t>(rows) * size * 3);
     s.horiz.resize(static_cast<size_t>(rows) * size * 3);
     s.acc.resize(std::max<size_t>(s.acc.size(), static_cast<size_t>(rows) * 3));
-    TransposeRgb(in + static_cast<size_t>(row0) * w * 3, static_cast<size_t>(w) * 3, rows, w, s.transposed.data());
-    ResampleRows(s.transposed.data(), static_cast<size_t>(rows) * 3, rows * 3, 0, Precompute(w, ow, left, size),
-                 size, s.resampled.data(), s.acc.data());
+    TransposeRgb(region, stride, rows, cols, s.transposed.data());
+    ResampleRows(s.transposed.data(), static_cast<size_t>(rows) * 3, rows * 3, p.x0, p.horiz, size,
+                 s.resampled.data(), s.acc.data());
     TransposeRgb(s.resampled.data(), static_cast<size_t>(rows) * 3, size, rows, s.horiz.data());
     src = s.horiz.data();
     src_stride = out_row;
   }
-  if (oh == h) {
+  if (p.oh == p.h) {
     for (int y = 0; y < size; ++y) std::copy_n(src + y * src_stride, out_row, out + y * out_row);
     return;
   }
   s.acc.resize(std::max(s.acc.size(), out_row));
-  ResampleRows(src, src_stride, static_cast<int>(out_row), row0, vert, size, out, s.acc.data());
+  ResampleRows(src, src_stride, static_cast<int>(out_row), p.y0, p.vert, size, out, s.acc.data());
+}
+
+// ---- libjpeg decompression of a region ------------------------------------------------------
+
+// Error handling as TurboJPEG's TJFLAG_STOPONWARNING: an error or a warning (corrupt or
+// truncated data) longjmps back to the call with the library's message.
+struct JpegErrorMgr {
+  jpeg_error_mgr pub;
+  jmp_buf jump;
+  char message[JMSG_LENGTH_MAX];
+};
+
+[[noreturn]] void JpegFail(j_common_ptr c) {
+  auto* e = reinterpret_cast<JpegErrorMgr*>(c->err);
+  (*c->err->format_message)(c, e->message);
+  longjmp(e->jump, 1);
+}
+void JpegMessage(j_common_ptr c, int level) {
+  if (level < 0) JpegFail(c);  // a warning: the data is corrupt
+}
+void JpegQuiet(j_common_ptr) {}
+
+// This thread's decompressor, reused across images (jpeg_abort_decompress returns it to the
+// start state) and rebuilt after a failure, as the TurboJPEG handle is.
+class Decompressor {
+ public:
+  static Decompressor& ForThisThread() {
+    thread_local Decompressor d;
+    return d;
+  }
+  jpeg_decompress_struct* get() { return &cinfo_; }
+  JpegErrorMgr& err() { return err_; }
+  void Reset() {
+    jpeg_destroy_decompress(&cinfo_);
+    Create();
+  }
+  ~Decompressor() { jpeg_destroy_decompress(&cinfo_); }
+
+ private:
+  Decompressor() { Create(); }
+  void Create() {
+    cinfo_.err = jpeg_std_error(&err_.pub);
+    err_.pub.error_exit = JpegFail;
+    err_.pub.emit_message = JpegMessage;
+    err_.pub.output_message = JpegQuiet;
+    jpeg_create_decompress(&cinfo_);
+  }
+  jpeg_decompress_struct cinfo_{};
+  JpegErrorMgr err_{};
+};
+
+// Reads the header and sets the output: RGB, islow DCT, fancy upsampling (TurboJPEG's and
+// Pillow's defaults), and with dct_scaling the smallest power-of-two reduction (1/2, 1/4,
+// 1/8) that still leaves at least twice `target` on the shortest side, so the final bicubic
+// resize keeps antialiasing at least a 2x reduction. Measured against torchvision
+// (tests/dataflow/image_test.cc): leaving less (640x481 halved to 241 px before 224) moved
+// values by 0.20 on average, leaving 2x by about 0.04; libjpeg-turbo's 1/8-step factors
+// (7/8, 13/16, ...) are not used at all. false with err().message on failure. Only libjpeg
+// calls and arithmetic between setjmp and the return (a longjmp skips no destructor).
+bool ReadHeader(Decompressor& d, const unsigned char* data, size_t size, int target, bool dct_scaling) {
+  jpeg_decompress_struct* c = d.get();
+  if (setjmp(d.err().jump)) return false;
+  jpeg_mem_src(c, data, static_cast<unsigned long>(size));
+  jpeg_read_header(c, TRUE);
+  c->out_color_space = JCS_RGB;
+  c->dct_method = JDCT_ISLOW;
+  c->do_fancy_upsampling = TRUE;
+  c->scale_num = 1;
+  c->scale_denom = 1;
+  if (dct_scaling) {
+    const long w = c->image_width, h = c->image_height;
+    for (long f = 2; f <= 8; f *= 2) {
+      if (std::min((w + f - 1) / f, (h + f - 1) / f) < 2L * target) break;
+      c->scale_denom = static_cast<unsigned int>(f);
+    }
+  }
+  jpeg_calc_output_dimensions(c);
+  return true;
+}
+
+// Decodes output rows [y_begin, y_end) and at least columns [x_begin, x_end) into `buf`
+// (capacity for (y_end - y_begin) full-width rows). Columns are widened to the decoder's
+// iMCU boundaries by jpeg_crop_scanline: *x_out and *width_out say what was decoded. Rows
+// above y_begin are skipped (entropy-decoded only), rows from y_end on are not decoded at all.
+bool ReadRegion(Decompressor& d, int x_begin, int x_end, int y_begin, int y_end, uint8_t* buf, JSAMPROW* rows,
+                int* x_out, int* width_out) {
+  jpeg_decompress_struct* c = d.get();
+  if (setjmp(d.err().jump)) return false;
+  jpeg_start_decompress(c);
+  JDIMENSION xoff = static_cast<JDIMENSION>(x_begin), width = static_cast<JDIMENSION>(x_end - x_begin);
+  if (width < c->output_width) jpeg_crop_scanline(c, &xoff, &width);
+  *x_out = static_cast<int>(xoff);
+  *width_out = static_cast<int>(width);
+  const size_t stride = static_cast<size_t>(width) * 3;
+  for (int r = 0; r < y_end - y_begin; ++r) rows[r] = buf + r * stride;
+  if (y_begin > 0) jpeg_skip_scanlines(c, static_cast<JDIMENSION>(y_begin));
+  while (c->output_scanline < static_cast<JDIMENSION>(y_end))
+    jpeg_read_scanlines(c, rows + (c->output_scanline - y_begin), static_cast<JDIMENSION>(y_end) - c->output_scanline);
+  if (c->output_scanline == c->output_height) jpeg_finish_decompress(c);
+  else jpeg_abort_decompress(c);
+  return true;
 }
 
 // Decodes and resizes+crops to size x size RGB (HWC), in ThreadScratch().crop.
 StatusOr<DecodedImage> DecodeCrop(std::string_view jpeg, const ImageOptions& o) {
   if (o.size < 1) return InvalidArgumentError("image size must be >= 1");
-  sharding::TurboJpegDecompressor& d = sharding::TurboJpegDecompressor::ForThisThread();
+  Decompressor& d = Decompressor::ForThisThread();
   auto* data = reinterpret_cast<const unsigned char*>(jpeg.data());
-  int w = 0, h = 0, ss = 0, cs = 0;
-  if (jpeg.empty() || tjDecompressHeader3(d.get(), data, jpeg.size(), &w, &h, &ss, &cs) != 0 || w < 1 || h < 1) {
-    std::string why = jpeg.empty() ? "empty image" : tjGetErrorStr2(d.get());
+  if (jpeg.empty()) return InvalidArgumentError("not a decodable JPEG: empty image");
+  if (!ReadHeader(d, data, jpeg.size(), o.size, o.dct_scaling) || d.get()->image_width < 1 ||
+      d.get()->image_height < 1) {
+    std::string why = d.err().message;
     d.Reset();
     return InvalidArgumentError("not a decodable JPEG: " + why);
   }
   DecodedImage info;
-  info.width = w;
-  info.height = h;
-  int dw = w, dh = h;
-  if (o.dct_scaling) {
-    // The smallest power-of-two reduction (1/2, 1/4, 1/8) that still leaves at least twice
-    // the target on the shortest side, so the final bicubic resize keeps antialiasing at least
-    // a 2x reduction. Measured against torchvision (tests/dataflow/image_test.cc): leaving
-    // less (640x481 halved to 241 px before 224) moved values by 0.20 on average, leaving 2x
-    // by about 0.04; libjpeg-turbo's 1/8-step factors (7/8, 13/16, ...) are not used at all.
-    for (int denom : {2, 4, 8}) {
-      tjscalingfactor f{1, denom};
-      int sw = TJSCALED(w, f), sh = TJSCALED(h, f);
-      if (std::min(sw, sh) < 2 * o.size) break;
-      dw = sw;
-      dh = sh;
-    }
+  info.width = static_cast<int>(d.get()->image_width);
+  info.height = static_cast<int>(d.get()->image_height);
+  const int dw = static_cast<int>(d.get()->output_width), dh = static_cast<int>(d.get()->output_height);
+  info.decoded_width = dw;
+  info.decoded_height = dh;
+  const Plan plan = MakePlan(dw, dh, o.size);
+  // The rows and columns the crop needs, with a margin of 16 decoded pixels (an iMCU at most)
+  // on each side that is not an image edge: the decoder's chroma upsampling near the edges of
+  // a cropped or skipped region then cannot reach a pixel that is used
+  // (ClipImageTest.DecodingOnlyTheCropChangesNoPixel checks the result against a full decode).
+  constexpr int kMargin = 16;
+  int x_begin = 0, x_end = dw, y_begin = 0, y_end = dh;
+  if (o.decode_only_crop) {
+    x_begin = std::max(0, plan.x0 - kMargin);
+    x_end = std::min(dw, plan.x1 + kMargin);
+    y_begin = std::max(0, plan.y0 - kMargin);
+    y_end = std::min(dh, plan.y1 + kMargin);
   }
   Scratch& s = ThreadScratch();
-  s.rgb.resize(static_cast<size_t>(dw) * dh * 3);
-  if (tjDecompress2(d.get(), data, jpeg.size(), s.rgb.data(), dw, 0, dh, TJPF_RGB, TJFLAG_STOPONWARNING) != 0) {
-    std::string why = tjGetErrorStr2(d.get());
+  s.rgb.resize(static_cast<size_t>(dw) * (y_end - y_begin) * 3);
+  s.rows.resize(static_cast<size_t>(y_end - y_begin));
+  int x_out = 0, width_out = 0;
+  if (!ReadRegion(d, x_begin, x_end, y_begin, y_end, s.rgb.data(), s.rows.data(), &x_out, &width_out)) {
+    std::string why = d.err().message;
     d.Reset();
     return InvalidArgumentError("JPEG data is damaged or truncated: " + why);
   }
-  info.decoded_width = dw;
-  info.decoded_height = dh;
-  // torchvision Resize(int): the short side becomes `size`, the long one int(size*long/short).
-  int ow, oh;
-  if (dw <= dh) {
-    ow = o.size;
-    oh = static_cast<int>(static_cast<int64_t>(o.size) * dh / dw);
-  } else {
-    oh = o.size;
-    ow = static_cast<int>(static_cast<int64_t>(o.size) * dw / dh);
-  }
-  // torchvision center_crop: int(round((h - size) / 2.0)), Python's round is half-to-even.
-  const int top = static_cast<int>(std::nearbyint((oh - o.size) / 2.0));
-  const int left = static_cast<int>(std::nearbyint((ow - o.size) / 2.0));
   s.crop.resize(static_cast<size_t>(o.size) * o.size * 3);
-  ResizeCrop(s.rgb.data(), dw, dh, ow, oh, left, top, o.size, s.crop.data());
+  ResizeCrop(s.rgb.data(), static_cast<size_t>(width_out) * 3, x_out, y_begin, plan, o.size, s.crop.data());
   return info;
 }
 

@@ -49,11 +49,21 @@ std::string SceneCaption(const Scene& s) {
                      kPositions[s.pos]);
 }
 
-std::string EncodeRgbJpeg(const std::vector<unsigned char>& rgb, int width, int height) {
+std::string EncodeRgbJpeg(const std::vector<unsigned char>& rgb, int width, int height,
+                          const TestJpegFormat& format = {}) {
+  int sampling = TJSAMP_420;
+  switch (format.sampling) {
+    case JpegSampling::k444: sampling = TJSAMP_444; break;
+    case JpegSampling::k422: sampling = TJSAMP_422; break;
+    case JpegSampling::k420: sampling = TJSAMP_420; break;
+    case JpegSampling::k440: sampling = TJSAMP_440; break;
+    case JpegSampling::kGray: sampling = TJSAMP_GRAY; break;
+  }
   tjhandle h = tjInitCompress();
   unsigned char* out = nullptr;
   unsigned long size = 0;
-  tjCompress2(h, rgb.data(), width, 0, height, TJPF_RGB, &out, &size, TJSAMP_420, 85, 0);
+  tjCompress2(h, rgb.data(), width, 0, height, TJPF_RGB, &out, &size, sampling, 85,
+              format.progressive ? TJFLAG_PROGRESSIVE : 0);
   std::string jpeg(reinterpret_cast<char*>(out), size);
   tjFree(out);
   tjDestroy(h);
@@ -142,7 +152,7 @@ Status TruncateInsideLastMember(const std::string& path) {
 
 }  // namespace
 
-std::string EncodeTestJpeg(int width, int height, uint64_t seed) {
+std::string EncodeTestJpeg(int width, int height, uint64_t seed, const TestJpegFormat& format) {
   std::vector<unsigned char> rgb(static_cast<size_t>(width) * height * 3);
   std::mt19937_64 rng(seed);
   const int fx = 1 + static_cast<int>(rng() % 7), fy = 1 + static_cast<int>(rng() % 7);
@@ -154,7 +164,7 @@ std::string EncodeTestJpeg(int width, int height, uint64_t seed) {
       p[1] = static_cast<unsigned char>(y * fy + (x ^ y));
       p[2] = static_cast<unsigned char>((x * y) >> 4);
     }
-  return EncodeRgbJpeg(rgb, width, height);
+  return EncodeRgbJpeg(rgb, width, height, format);
 }
 
 StatusOr<GeneratedDataset> MakeImg2Dataset(const Img2DatasetGenOptions& o) {

@@ -55,7 +55,14 @@ struct LlavaGenOptions {
 // As LLaVA-CC3M-Pretrain-595K ships: chat.json (one array), metadata.json, images/ or images.zip.
 StatusOr<GeneratedDataset> MakeLlava(const LlavaGenOptions& options);
 
+// How a test JPEG is coded: chroma subsampling (or greyscale) and baseline or progressive.
+enum class JpegSampling { k444, k422, k420, k440, kGray };
+struct TestJpegFormat {
+  JpegSampling sampling = JpegSampling::k420;  // default 4:2:0, as most photos on the web
+  bool progressive = false;                    // default baseline
+};
+
 // A JPEG of w x h with a seeded pattern, quality 85.
-std::string EncodeTestJpeg(int width, int height, uint64_t seed);
+std::string EncodeTestJpeg(int width, int height, uint64_t seed, const TestJpegFormat& format = {});
 
 }  // namespace vlorch::sharding

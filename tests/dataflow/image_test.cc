@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <random>
 
 #include <gtest/gtest.h>
 
@@ -116,6 +117,68 @@ TEST(ClipImageTest, DctScalingStaysCloseToTheReference) {
       EXPECT_EQ(sum, 0.0) << kShapes[i].w << "x" << kShapes[i].h << " is not shrunk and stays exact";
     }
   }
+}
+
+// Decoding only the rows and columns the crop reads (skipped rows above, no decoding below,
+// jpeg_crop_scanline for the columns) must not change a single output byte: every chroma
+// subsampling, progressive coding, sizes around the iMCU boundaries and aspect ratios up to
+// 4:1, with and without DCT scaling, and a small target that crops most of the image away.
+TEST(ClipImageTest, DecodingOnlyTheCropChangesNoPixel) {
+  using sharding::JpegSampling;
+  const sharding::TestJpegFormat formats[] = {
+      {JpegSampling::k420, false}, {JpegSampling::k422, false}, {JpegSampling::k444, false},
+      {JpegSampling::k440, false}, {JpegSampling::kGray, false}, {JpegSampling::k420, true}};
+  std::mt19937_64 rng(7);
+  int checked = 0, cropped = 0;
+  for (const auto& f : formats) {
+    for (int i = 0; i < 14; ++i) {
+      // Half the shapes near multiples of 16 (iMCU edges), the rest anywhere; aspect <= 4.
+      int w = 40 + static_cast<int>(rng() % 900), h = 40 + static_cast<int>(rng() % 900);
+      if (i % 2 == 0) {
+        w = std::max(17, w / 16 * 16 + static_cast<int>(rng() % 3) - 1);
+        h = std::max(17, h / 16 * 16 + static_cast<int>(rng() % 3) - 1);
+      }
+      if (i == 12) w = 4 * h / 3 + 900;  // big and wide: DCT-scaled, then cropped
+      if (i == 13) h = std::min(4 * w, 1700);
+      const std::string jpeg = sharding::EncodeTestJpeg(w, h, rng(), f);
+      for (int size : {224, 32}) {
+        for (bool dct : {false, true}) {
+          ImageOptions full, part;
+          full.size = part.size = size;
+          full.dct_scaling = part.dct_scaling = dct;
+          full.decode_only_crop = false;
+          std::vector<uint8_t> a(3 * size * size), b(3 * size * size);
+          auto ra = DecodeClipUint8(jpeg, full, a.data());
+          auto rb = DecodeClipUint8(jpeg, part, b.data());
+          ASSERT_TRUE(ra.ok()) << ra.status().ToString();
+          ASSERT_TRUE(rb.ok()) << rb.status().ToString();
+          size_t differ = 0;
+          for (size_t k = 0; k < a.size(); ++k) differ += a[k] != b[k];
+          EXPECT_EQ(differ, 0u) << w << "x" << h << " sampling " << static_cast<int>(f.sampling)
+                                << (f.progressive ? " progressive" : "") << " size " << size << " dct " << dct;
+          ++checked;
+          cropped += std::max(w, h) > std::min(w, h) + 40;
+        }
+      }
+    }
+  }
+  EXPECT_EQ(checked, 6 * 14 * 4);
+  EXPECT_GT(cropped, checked / 2) << "most cases must crop something away";
+}
+
+// What decode_only_crop gives up: damage in rows below the crop is no longer seen (they are
+// not decoded); damage inside them still is. A full decode sees both.
+TEST(ClipImageTest, DecodingOnlyTheCropStillFailsOnDamageItReads) {
+  const std::string tall = sharding::EncodeTestJpeg(200, 800, 5);
+  const std::string tail_cut = tall.substr(0, tall.size() * 9 / 10);  // rows near the bottom lost
+  const std::string mid_cut = tall.substr(0, tall.size() / 2);        // the crop's own rows lost
+  ImageOptions part, full;
+  full.decode_only_crop = false;
+  std::vector<float> out(3 * 224 * 224);
+  EXPECT_TRUE(DecodeClipFloat(tail_cut, part, out.data()).ok());
+  EXPECT_EQ(DecodeClipFloat(tail_cut, full, out.data()).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(DecodeClipFloat(mid_cut, part, out.data()).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_TRUE(DecodeClipFloat(tall, part, out.data()).ok()) << "a good image after failures still decodes";
 }
 
 TEST(ClipImageTest, Uint8OutputIsTheCropBeforeNormalisation) {
