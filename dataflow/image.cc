@@ -5,6 +5,10 @@
 
 #include <jpeglib.h>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -108,25 +112,125 @@ void ResampleRows(const uint8_t* __restrict in, size_t stride, int row_len, int 
   }
 }
 
-// [rows][cols] of 3-byte pixels (row i at in + i * stride) -> [cols][rows], in square tiles
-// so that both the reads and the writes stay within a few cache lines per row.
-void TransposeRgb(const uint8_t* in, size_t stride, int rows, int cols, uint8_t* out) {
-  constexpr int kTile = 16;
-  for (int r0 = 0; r0 < rows; r0 += kTile) {
-    const int r1 = std::min(rows, r0 + kTile);
-    for (int c0 = 0; c0 < cols; c0 += kTile) {
-      const int c1 = std::min(cols, c0 + kTile);
-      for (int r = r0; r < r1; ++r) {
-        const uint8_t* p = in + static_cast<size_t>(r) * stride + static_cast<size_t>(c0) * 3;
-        uint8_t* q = out + (static_cast<size_t>(c0) * rows + r) * 3;
-        for (int c = c0; c < c1; ++c, p += 3, q += static_cast<size_t>(rows) * 3) {
-          q[0] = p[0];
-          q[1] = p[1];
-          q[2] = p[2];
-        }
-      }
+// ---- transposes --------------------------------------------------------------------------
+// The horizontal pass runs over transposed rows, and the decoder writes interleaved RGB, so
+// each image is split into channel planes and transposed on the way in (SplitTranspose) and
+// transposed back after the pass (TransposeBytes). Moving 3-byte pixels one byte at a time
+// cost more than the resampling itself (six memory operations per pixel); 16x16 byte tiles in
+// SSE registers cost about one. Scalar versions cover the tiles' edges and non-x86 machines.
+
+// planes[ch][c * plane_stride + r] = in[r * stride + c * 3 + ch] for r in [r0, r1), c in [c0, c1).
+void SplitTransposeScalar(const uint8_t* in, size_t stride, int r0, int r1, int c0, int c1, uint8_t* const planes[3],
+                          size_t plane_stride) {
+  for (int c = c0; c < c1; ++c)
+    for (int r = r0; r < r1; ++r) {
+      const uint8_t* px = in + static_cast<size_t>(r) * stride + static_cast<size_t>(c) * 3;
+      for (int ch = 0; ch < 3; ++ch) planes[ch][static_cast<size_t>(c) * plane_stride + r] = px[ch];
     }
+}
+
+// out[c * out_stride + r] = in[r * in_stride + c] for r in [r0, r1), c in [c0, c1).
+void TransposeBytesScalar(const uint8_t* in, size_t in_stride, int r0, int r1, int c0, int c1, uint8_t* out,
+                          size_t out_stride) {
+  for (int c = c0; c < c1; ++c)
+    for (int r = r0; r < r1; ++r) out[static_cast<size_t>(c) * out_stride + r] = in[static_cast<size_t>(r) * in_stride + c];
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define VLORCH_IMAGE_SSE 1
+
+// pshufb masks that gather channel k of 16 RGB pixels (48 bytes in three registers) from
+// register `reg`: byte i takes source byte 3i + k when it lies in that register, else zero.
+struct SplitMasks {
+  alignas(16) uint8_t m[3][3][16];
+};
+constexpr SplitMasks MakeSplitMasks() {
+  SplitMasks s{};
+  for (int k = 0; k < 3; ++k)
+    for (int reg = 0; reg < 3; ++reg)
+      for (int i = 0; i < 16; ++i) {
+        const int src = 3 * i + k;
+        s.m[k][reg][i] = static_cast<uint8_t>(src / 16 == reg ? src % 16 : 0x80);
+      }
+  return s;
+}
+constexpr SplitMasks kSplitMasks = MakeSplitMasks();
+
+// A 16x16 byte matrix in 16 registers (row i in x[i]) transposed in place: interleaving rows
+// i and i + 8 byte-wise four times (log2 16) moves element (r, c) to (c, r).
+__attribute__((target("ssse3"))) inline void Transpose16x16(__m128i x[16]) {
+  for (int stage = 0; stage < 4; ++stage) {
+    __m128i y[16];
+    for (int i = 0; i < 8; ++i) {
+      y[2 * i] = _mm_unpacklo_epi8(x[i], x[i + 8]);
+      y[2 * i + 1] = _mm_unpackhi_epi8(x[i], x[i + 8]);
+    }
+    for (int i = 0; i < 16; ++i) x[i] = y[i];
   }
+}
+
+__attribute__((target("ssse3"))) void SplitTransposeSse(const uint8_t* in, size_t stride, int rows, int cols,
+                                                        uint8_t* const planes[3], size_t plane_stride) {
+  const int rt = rows / 16 * 16, ct = cols / 16 * 16;
+  for (int r0 = 0; r0 < rt; r0 += 16)
+    for (int c0 = 0; c0 < ct; c0 += 16)
+      for (int k = 0; k < 3; ++k) {
+        const __m128i m0 = _mm_load_si128(reinterpret_cast<const __m128i*>(kSplitMasks.m[k][0]));
+        const __m128i m1 = _mm_load_si128(reinterpret_cast<const __m128i*>(kSplitMasks.m[k][1]));
+        const __m128i m2 = _mm_load_si128(reinterpret_cast<const __m128i*>(kSplitMasks.m[k][2]));
+        __m128i x[16];
+        for (int r = 0; r < 16; ++r) {
+          const uint8_t* px = in + static_cast<size_t>(r0 + r) * stride + static_cast<size_t>(c0) * 3;
+          const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(px));
+          const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(px + 16));
+          const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(px + 32));
+          x[r] = _mm_or_si128(_mm_or_si128(_mm_shuffle_epi8(a, m0), _mm_shuffle_epi8(b, m1)), _mm_shuffle_epi8(c, m2));
+        }
+        Transpose16x16(x);
+        for (int j = 0; j < 16; ++j)
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(planes[k] + static_cast<size_t>(c0 + j) * plane_stride + r0), x[j]);
+      }
+  SplitTransposeScalar(in, stride, rt, rows, 0, cols, planes, plane_stride);
+  SplitTransposeScalar(in, stride, 0, rt, ct, cols, planes, plane_stride);
+}
+
+__attribute__((target("ssse3"))) void TransposeBytesSse(const uint8_t* in, size_t in_stride, int rows, int cols,
+                                                        uint8_t* out, size_t out_stride) {
+  const int rt = rows / 16 * 16, ct = cols / 16 * 16;
+  for (int r0 = 0; r0 < rt; r0 += 16)
+    for (int c0 = 0; c0 < ct; c0 += 16) {
+      __m128i x[16];
+      for (int r = 0; r < 16; ++r)
+        x[r] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + static_cast<size_t>(r0 + r) * in_stride + c0));
+      Transpose16x16(x);
+      for (int j = 0; j < 16; ++j)
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + static_cast<size_t>(c0 + j) * out_stride + r0), x[j]);
+    }
+  TransposeBytesScalar(in, in_stride, rt, rows, 0, cols, out, out_stride);
+  TransposeBytesScalar(in, in_stride, 0, rt, ct, cols, out, out_stride);
+}
+
+bool HaveSsse3() {
+  static const bool yes = __builtin_cpu_supports("ssse3");
+  return yes;
+}
+#endif
+
+// RGB rows x cols (row i at in + i * stride) -> three planes [cols][rows] (row stride
+// plane_stride).
+void SplitTranspose(const uint8_t* in, size_t stride, int rows, int cols, uint8_t* const planes[3], size_t plane_stride) {
+#ifdef VLORCH_IMAGE_SSE
+  if (HaveSsse3()) return SplitTransposeSse(in, stride, rows, cols, planes, plane_stride);
+#endif
+  SplitTransposeScalar(in, stride, 0, rows, 0, cols, planes, plane_stride);
+}
+
+// Bytes rows x cols (row i at in + i * in_stride) -> cols x rows (row stride out_stride).
+void TransposeBytes(const uint8_t* in, size_t in_stride, int rows, int cols, uint8_t* out, size_t out_stride) {
+#ifdef VLORCH_IMAGE_SSE
+  if (HaveSsse3()) return TransposeBytesSse(in, in_stride, rows, cols, out, out_stride);
+#endif
+  TransposeBytesScalar(in, in_stride, 0, rows, 0, cols, out, out_stride);
 }
 
 // The resize and crop of one image: torchvision's Resize(int) then CenterCrop(size), in the
@@ -179,39 +283,43 @@ Plan MakePlan(int w, int h, int size) {
 }
 
 // Resizes like Pillow's ImagingResample with BICUBIC (horizontal pass first, rounded to 8
-// bits, then vertical) and writes only the size x size crop window to `out`. Each output
-// pixel depends only on its own filter taps, so the window equals the same window of the full
-// resize bit for bit, at a fraction of its cost when the aspect ratio is far from 1. `in`
-// holds the decoded pixels of columns [in_x, ...) and rows [in_y, ...) with row stride
-// `stride`; it must cover the plan's [x0, x1) x [y0, y1).
+// bits, then vertical) and writes only the size x size crop window to `out`, as three planes
+// (CHW). Each output pixel depends only on its own filter taps, so the window equals the same
+// window of the full resize bit for bit, at a fraction of its cost when the aspect ratio is
+// far from 1. The passes run per channel plane (integer sums per channel, so the same values).
+// `in` holds the decoded RGB pixels of columns [in_x, ...) and rows [in_y, ...) with row
+// stride `stride`; it must cover the plan's [x0, x1) x [y0, y1).
 void ResizeCrop(const uint8_t* in, size_t stride, int in_x, int in_y, const Plan& p, int size, uint8_t* out) {
   Scratch& s = ThreadScratch();
-  const size_t out_row = static_cast<size_t>(size) * 3;
+  const size_t plane = static_cast<size_t>(size) * size;
   const int rows = p.y1 - p.y0;  // the input rows the vertical pass reads
   const uint8_t* region = in + static_cast<size_t>(p.y0 - in_y) * stride + static_cast<size_t>(p.x0 - in_x) * 3;
-  // Horizontal pass over those rows into `src` (rows x size pixels), as a pass over the
-  // transposed rows.
-  const uint8_t* src = region;
-  size_t src_stride = stride;
+  // After the horizontal pass: per channel, rows x size bytes (row stride size) at horiz[ch].
+  const size_t hplane = static_cast<size_t>(rows) * size;
+  s.horiz.resize(3 * hplane);
+  s.acc.resize(std::max<size_t>(s.acc.size(), std::max(rows, size)));
+  uint8_t* horiz[3] = {s.horiz.data(), s.horiz.data() + hplane, s.horiz.data() + 2 * hplane};
   if (p.ow != p.w) {
     const int cols = p.x1 - p.x0;
-    s.transposed.resize(static_cast<size_t>(rows) * cols * 3);
-    s.resampled.resize(static_cast<size_t>(rows) * size * 3);
-    s.horiz.resize(static_cast<size_t>(rows) * size * 3);
-    s.acc.resize(std::max<size_t>(s.acc.size(), static_cast<size_t>(rows) * 3));
-    TransposeRgb(region, stride, rows, cols, s.transposed.data());
-    ResampleRows(s.transposed.data(), static_cast<size_t>(rows) * 3, rows * 3, p.x0, p.horiz, size,
-                 s.resampled.data(), s.acc.data());
-    TransposeRgb(s.resampled.data(), static_cast<size_t>(rows) * 3, size, rows, s.horiz.data());
-    src = s.horiz.data();
-    src_stride = out_row;
+    const size_t tplane = static_cast<size_t>(rows) * cols;
+    s.transposed.resize(3 * tplane);
+    s.resampled.resize(hplane);
+    uint8_t* t[3] = {s.transposed.data(), s.transposed.data() + tplane, s.transposed.data() + 2 * tplane};
+    SplitTranspose(region, stride, rows, cols, t, rows);
+    for (int ch = 0; ch < 3; ++ch) {
+      ResampleRows(t[ch], rows, rows, p.x0, p.horiz, size, s.resampled.data(), s.acc.data());
+      TransposeBytes(s.resampled.data(), rows, size, rows, horiz[ch], size);
+    }
+  } else {
+    for (int r = 0; r < rows; ++r)
+      for (int c = 0; c < size; ++c)
+        for (int ch = 0; ch < 3; ++ch)
+          horiz[ch][static_cast<size_t>(r) * size + c] = region[static_cast<size_t>(r) * stride + c * 3 + ch];
   }
-  if (p.oh == p.h) {
-    for (int y = 0; y < size; ++y) std::copy_n(src + y * src_stride, out_row, out + y * out_row);
-    return;
+  for (int ch = 0; ch < 3; ++ch) {
+    if (p.oh == p.h) std::copy_n(horiz[ch], plane, out + ch * plane);  // rows == size
+    else ResampleRows(horiz[ch], size, size, p.y0, p.vert, size, out + ch * plane, s.acc.data());
   }
-  s.acc.resize(std::max(s.acc.size(), out_row));
-  ResampleRows(src, src_stride, static_cast<int>(out_row), p.y0, p.vert, size, out, s.acc.data());
 }
 
 // ---- libjpeg decompression of a region ------------------------------------------------------
@@ -315,7 +423,7 @@ bool ReadRegion(Decompressor& d, int x_begin, int x_end, int y_begin, int y_end,
   return true;
 }
 
-// Decodes and resizes+crops to size x size RGB (HWC), in ThreadScratch().crop.
+// Decodes and resizes+crops to size x size RGB as three planes (CHW), in ThreadScratch().crop.
 StatusOr<DecodedImage> DecodeCrop(std::string_view jpeg, const ImageOptions& o) {
   if (o.size < 1) return InvalidArgumentError("image size must be >= 1");
   Decompressor& d = Decompressor::ForThisThread();
@@ -366,31 +474,21 @@ StatusOr<DecodedImage> DecodeClipFloat(std::string_view jpeg, const ImageOptions
   ASSIGN_OR_RETURN(DecodedImage info, DecodeCrop(jpeg, o));
   // torchvision: ToTensor divides by 255, Normalize subtracts mean and divides by std; the
   // same float expression tabulated once per channel and byte value.
-  float lut[3][256];
-  for (int c = 0; c < 3; ++c)
-    for (int v = 0; v < 256; ++v) lut[c][v] = (static_cast<float>(v) / 255.0f - o.mean[c]) / o.std[c];
   const size_t plane = static_cast<size_t>(o.size) * o.size;
-  const uint8_t* p = ThreadScratch().crop.data();
-  float* r = out;
-  float* g = out + plane;
-  float* b = out + 2 * plane;
-  for (size_t i = 0; i < plane; ++i, p += 3) {
-    r[i] = lut[0][p[0]];
-    g[i] = lut[1][p[1]];
-    b[i] = lut[2][p[2]];
+  const uint8_t* crop = ThreadScratch().crop.data();
+  for (int c = 0; c < 3; ++c) {
+    float lut[256];
+    for (int v = 0; v < 256; ++v) lut[v] = (static_cast<float>(v) / 255.0f - o.mean[c]) / o.std[c];
+    const uint8_t* p = crop + c * plane;
+    float* q = out + c * plane;
+    for (size_t i = 0; i < plane; ++i) q[i] = lut[p[i]];
   }
   return info;
 }
 
 StatusOr<DecodedImage> DecodeClipUint8(std::string_view jpeg, const ImageOptions& o, uint8_t* out) {
   ASSIGN_OR_RETURN(DecodedImage info, DecodeCrop(jpeg, o));
-  const size_t plane = static_cast<size_t>(o.size) * o.size;
-  const uint8_t* p = ThreadScratch().crop.data();
-  for (size_t i = 0; i < plane; ++i, p += 3) {
-    out[i] = p[0];
-    out[plane + i] = p[1];
-    out[2 * plane + i] = p[2];
-  }
+  std::copy_n(ThreadScratch().crop.data(), 3 * static_cast<size_t>(o.size) * o.size, out);
   return info;
 }
 
