@@ -216,6 +216,85 @@ bool HaveSsse3() {
 }
 #endif
 
+#ifdef VLORCH_IMAGE_SSE
+// Two 16-bit weights in each 32-bit lane, as _mm256_madd_epi16 pairs them with pixels.
+__attribute__((target("avx2"))) inline __m256i WeightPair(int32_t a, int32_t b) {
+  return _mm256_set1_epi32(
+      static_cast<int32_t>(static_cast<uint16_t>(a) | (static_cast<uint32_t>(static_cast<uint16_t>(b)) << 16)));
+}
+
+// ResampleRows with AVX2 16-bit multiply-adds, exactly: each 22-bit weight is split as
+// k = kh * 2^11 + kl (0 <= kl < 2^11, |kh| < 2^12), pairs of taps go through
+// _mm256_madd_epi16 against both halves, and the two partial sums are recombined in 32 bits.
+// Every intermediate fits (|sum of p * kh| < 255 * 2^12, since the weights' absolute sum is
+// below 2 * 2^22), so each output is the same integer as Pillow's and the same byte; about
+// half the instructions of 32-bit multiplies. false (nothing written) for filters longer
+// than kMaxPairs pairs of taps, which only extreme shrink factors need.
+__attribute__((target("avx2"))) bool ResampleRowsAvx2(const uint8_t* in, size_t stride, int row_len, int row_offset,
+                                                      const Coeffs& c, int out_rows, uint8_t* out) {
+  constexpr int kMaxPairs = 48;
+  if ((c.ksize + 1) / 2 > kMaxPairs) return false;
+  const int vec_len = row_len / 16 * 16;
+  const __m256i half = _mm256_set1_epi32(1 << (kPrecisionBits - 1));
+  __m256i wl[kMaxPairs], wh[kMaxPairs];
+  const uint8_t* lines[2 * kMaxPairs];
+  for (int r = 0; r < out_rows; ++r) {
+    const int first = c.bounds[r * 2] - row_offset, taps = c.bounds[r * 2 + 1];
+    const int32_t* k = &c.k[static_cast<size_t>(r) * c.ksize];
+    const uint8_t* base = in + static_cast<size_t>(first) * stride;
+    const int pairs = (taps + 1) / 2;
+    for (int q = 0; q < pairs; ++q) {
+      const int t0 = 2 * q, t1 = std::min(2 * q + 1, taps - 1);
+      const int32_t k0 = k[t0], k1 = 2 * q + 1 < taps ? k[t1] : 0;  // an odd last tap pairs with weight 0
+      wl[q] = WeightPair(k0 & 2047, k1 & 2047);
+      wh[q] = WeightPair(k0 >> 11, k1 >> 11);
+      lines[2 * q] = base + static_cast<size_t>(t0) * stride;
+      lines[2 * q + 1] = base + static_cast<size_t>(t1) * stride;
+    }
+    uint8_t* o = out + static_cast<size_t>(r) * row_len;
+    for (int x = 0; x < vec_len; x += 16) {
+      __m256i lo_l = _mm256_setzero_si256(), lo_h = lo_l, hi_l = lo_l, hi_h = lo_l;
+      for (int q = 0; q < pairs; ++q) {
+        const __m256i a = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lines[2 * q] + x)));
+        const __m256i b = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lines[2 * q + 1] + x)));
+        const __m256i lo = _mm256_unpacklo_epi16(a, b), hi = _mm256_unpackhi_epi16(a, b);
+        lo_l = _mm256_add_epi32(lo_l, _mm256_madd_epi16(lo, wl[q]));
+        lo_h = _mm256_add_epi32(lo_h, _mm256_madd_epi16(lo, wh[q]));
+        hi_l = _mm256_add_epi32(hi_l, _mm256_madd_epi16(hi, wl[q]));
+        hi_h = _mm256_add_epi32(hi_h, _mm256_madd_epi16(hi, wh[q]));
+      }
+      // Per 128-bit lane, lo holds x 0-3 (8-11) and hi x 4-7 (12-15): packing lo with hi
+      // restores x order within each lane.
+      const __m256i slo = _mm256_srai_epi32(_mm256_add_epi32(_mm256_add_epi32(lo_l, _mm256_slli_epi32(lo_h, 11)), half), kPrecisionBits);
+      const __m256i shi = _mm256_srai_epi32(_mm256_add_epi32(_mm256_add_epi32(hi_l, _mm256_slli_epi32(hi_h, 11)), half), kPrecisionBits);
+      const __m256i w16 = _mm256_packs_epi32(slo, shi);  // x 0-7 | x 8-15, saturated to int16
+      const __m256i b8 = _mm256_permute4x64_epi64(_mm256_packus_epi16(w16, w16), 0xD8);  // clamped to 0..255
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(o + x), _mm256_castsi256_si128(b8));
+    }
+    for (int x = vec_len; x < row_len; ++x) {
+      int32_t a = 1 << (kPrecisionBits - 1);
+      for (int t = 0; t < taps; ++t) a += base[static_cast<size_t>(t) * stride + x] * k[t];
+      o[x] = Clip8(a);
+    }
+  }
+  return true;
+}
+
+bool HaveAvx2() {
+  static const bool yes = __builtin_cpu_supports("avx2");
+  return yes;
+}
+#endif
+
+// ResampleRows, by the fastest exact implementation this CPU has.
+void Resample(const uint8_t* in, size_t stride, int row_len, int row_offset, const Coeffs& c, int out_rows,
+              uint8_t* out, int32_t* acc) {
+#ifdef VLORCH_IMAGE_SSE
+  if (HaveAvx2() && ResampleRowsAvx2(in, stride, row_len, row_offset, c, out_rows, out)) return;
+#endif
+  ResampleRows(in, stride, row_len, row_offset, c, out_rows, out, acc);
+}
+
 // RGB rows x cols (row i at in + i * stride) -> three planes [cols][rows] (row stride
 // plane_stride).
 void SplitTranspose(const uint8_t* in, size_t stride, int rows, int cols, uint8_t* const planes[3], size_t plane_stride) {
@@ -307,7 +386,7 @@ void ResizeCrop(const uint8_t* in, size_t stride, int in_x, int in_y, const Plan
     uint8_t* t[3] = {s.transposed.data(), s.transposed.data() + tplane, s.transposed.data() + 2 * tplane};
     SplitTranspose(region, stride, rows, cols, t, rows);
     for (int ch = 0; ch < 3; ++ch) {
-      ResampleRows(t[ch], rows, rows, p.x0, p.horiz, size, s.resampled.data(), s.acc.data());
+      Resample(t[ch], rows, rows, p.x0, p.horiz, size, s.resampled.data(), s.acc.data());
       TransposeBytes(s.resampled.data(), rows, size, rows, horiz[ch], size);
     }
   } else {
@@ -318,7 +397,7 @@ void ResizeCrop(const uint8_t* in, size_t stride, int in_x, int in_y, const Plan
   }
   for (int ch = 0; ch < 3; ++ch) {
     if (p.oh == p.h) std::copy_n(horiz[ch], plane, out + ch * plane);  // rows == size
-    else ResampleRows(horiz[ch], size, size, p.y0, p.vert, size, out + ch * plane, s.acc.data());
+    else Resample(horiz[ch], size, size, p.y0, p.vert, size, out + ch * plane, s.acc.data());
   }
 }
 

@@ -20,7 +20,7 @@ constexpr const char* kPython = "/usr/bin/python3";
 
 struct Shape { int w, h; };
 const Shape kShapes[] = {{224, 224}, {300, 200}, {200, 300}, {257, 513}, {640, 481},
-                         {97, 150},  {1024, 768}, {225, 224}, {2000, 1800}};
+                         {97, 150},  {1024, 768}, {225, 224}, {2000, 1800}, {3000, 240}, {61, 1900}, {800, 599}};
 
 // Writes the images, runs the reference, returns its floats ([n, 3, size, size]). Cached:
 // starting Python with torch costs ~4 s, and every test here uses the same images.
