@@ -17,7 +17,8 @@ echo "$v" | grep -v '^summary'
 p=$(OMP_NUM_THREADS=1 /usr/bin/python3 "$VLORCH_ROOT/ops/bench/dataflow/python_peer.py" "$work/cc/images" "$work/cc/chat.json" "$workers" "$batch" "$samples")
 echo "$p" | grep -v '^summary'
 vs=$(echo "$v" | awk -F'vlorch_sps=' '/^summary/{split($2,a," "); print a[1]}')
-raw=$(echo "$v" | awk -F'raw_sps=' '/^summary/{print $2}')
+raw=$(echo "$v" | awk -F'raw_sps=' '/^summary/{split($2,a," "); print a[1]}')
+ratio_raw=$(echo "$v" | awk -F'ratio_raw=' '/^summary/{print $2}')
 py=$(echo "$p" | awk -F'python_sps=' '/^summary/{print $2}')
-echo "ratio vlorch_over_raw_decode = $(awk -v a="$vs" -v b="$raw" 'BEGIN{printf "%.2f", a/b}') (target 0.7)"
+echo "ratio vlorch_over_raw_decode = $(awk -v r="$ratio_raw" 'BEGIN{printf "%.2f", r}') (target 0.7)"
 echo "ratio vlorch_over_python_dataloader(same workers) = $(awk -v a="$vs" -v b="$py" 'BEGIN{printf "%.2f", a/b}') (target 3)"
