@@ -11,6 +11,8 @@
 #include <set>
 
 #include <fmt/format.h>
+
+#include "common/hash.h"
 #include <nlohmann/json.hpp>
 
 namespace vlorch::safetensors {
@@ -300,13 +302,28 @@ StatusOr<std::string> Serialize(std::vector<TensorToWrite> tensors,
 }
 
 Status WriteFile(const std::string& path, std::vector<TensorToWrite> tensors,
-                 const std::map<std::string, std::string>& metadata, const WriteOptions& options) {
+                 const std::map<std::string, std::string>& metadata, const WriteOptions& options,
+                 WrittenFile* written) {
   ASSIGN_OR_RETURN(std::string header, BuildHeader(tensors, metadata, options));
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return ErrnoError("cannot create safetensors file", path, errno);
-  Status s = WriteAll(fd, header.data(), header.size(), path);
-  for (size_t i = 0; s.ok() && i < tensors.size(); ++i)
-    s = WriteAll(fd, tensors[i].data, tensors[i].nbytes, path);
+  WrittenFile w;
+  // The checksum of each buffer is taken just before it is written, while it is in cache
+  // from the CRC (or, for large tensors, in 4 MiB pieces, so each piece still is).
+  auto put = [&](const void* data, size_t n) -> Status {
+    const char* p = static_cast<const char*>(data);
+    constexpr size_t kPiece = size_t{4} << 20;
+    for (size_t off = 0; off < n; off += kPiece) {
+      const size_t len = std::min(kPiece, n - off);
+      if (written != nullptr) w.crc32c = Crc32c(p + off, len, w.crc32c);
+      RETURN_IF_ERROR(WriteAll(fd, p + off, len, path));
+    }
+    w.bytes += n;
+    return Status::OK();
+  };
+  Status s = put(header.data(), header.size());
+  for (size_t i = 0; s.ok() && i < tensors.size(); ++i) s = put(tensors[i].data, tensors[i].nbytes);
+  if (s.ok() && written != nullptr) *written = w;
   if (s.ok() && options.fsync && ::fsync(fd) != 0) s = ErrnoError("cannot fsync", path, errno);
   if (::close(fd) != 0 && s.ok()) s = ErrnoError("cannot close", path, errno);
   return s;

@@ -109,9 +109,18 @@ StatusOr<std::string> Serialize(std::vector<TensorToWrite> tensors,
                                 const std::map<std::string, std::string>& metadata,
                                 const WriteOptions& options = {});
 
-// Writes to `path` (created or truncated) without staging the data in memory.
+// What WriteFile wrote: its size and the CRC32C of its bytes (common/hash.h), computed from
+// the buffers as they are written, so a caller that records a checksum need not read the
+// file back.
+struct WrittenFile {
+  uint64_t bytes = 0;
+  uint32_t crc32c = 0;
+};
+
+// Writes to `path` (created or truncated) without staging the data in memory; fills
+// `written` when given.
 Status WriteFile(const std::string& path, std::vector<TensorToWrite> tensors,
                  const std::map<std::string, std::string>& metadata,
-                 const WriteOptions& options = {});
+                 const WriteOptions& options = {}, WrittenFile* written = nullptr);
 
 }  // namespace vlorch::safetensors

@@ -1,12 +1,14 @@
 // The reader and writer against hand-built files of the published format (Hugging Face's
 // `safetensors` Python package is not in Debian, so expected bytes are spelled out here).
 #include "common/safetensors.h"
+#include "common/hash.h"
 
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <string>
 
 #include <gtest/gtest.h>
@@ -118,6 +120,28 @@ TEST(SafetensorsWriteTest, FileRoundTripThroughMmap) {
   EXPECT_EQ(std::memcmp(i->data, ids.data(), 24), 0);
   EXPECT_EQ((*f)->Find("empty")->nbytes, 0u);
   EXPECT_EQ((*f)->Find("bf")->dtype, Dtype::kBF16);
+  std::remove(path.c_str());
+}
+
+// The size and CRC32C that WriteFile reports are those of the file's bytes (checkpoint
+// manifests record them instead of reading each file back), including a tensor larger than
+// the 4 MiB pieces the checksum is taken in.
+TEST(SafetensorsWriteTest, ReportsTheSizeAndChecksumOfWhatItWrote) {
+  std::vector<float> big(3 * 1024 * 1024 + 5);  // 12 MiB + 20 bytes
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<float>(i % 977) - 3.5f;
+  uint16_t small[3] = {1, 2, 3};
+  const std::string path = ::testing::TempDir() + "/written.safetensors";
+  WrittenFile written;
+  ASSERT_TRUE(WriteFile(path, {{"big", Dtype::kF32, {static_cast<int64_t>(big.size())}, big.data(), big.size() * 4},
+                               {"small", Dtype::kF16, {3}, small, sizeof(small)}},
+                        {{"format", "pt"}}, {}, &written)
+                  .ok());
+  std::ifstream in(path, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(written.bytes, bytes.size());
+  EXPECT_EQ(written.crc32c, Crc32c(bytes));
+  bytes[bytes.size() / 2] ^= 1;
+  EXPECT_NE(written.crc32c, Crc32c(bytes)) << "the checksum covers the tensor data";
   std::remove(path.c_str());
 }
 

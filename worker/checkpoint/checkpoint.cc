@@ -228,9 +228,9 @@ Status CheckpointManager::Write(int64_t step, const CheckpointPayload& snap, Sav
                            const std::map<std::string, std::string>& meta) -> Status {
     ASSIGN_OR_RETURN(auto tw, ToWrite(t));
     const std::string path = (fs::path(tmp) / file).string();
-    RETURN_IF_ERROR(safetensors::WriteFile(path, std::move(tw), meta, wo));
-    ASSIGN_OR_RETURN(ManifestFile mf, Describe(path, file));
-    manifest.files.push_back(mf);
+    safetensors::WrittenFile written;
+    RETURN_IF_ERROR(safetensors::WriteFile(path, std::move(tw), meta, wo, &written));
+    manifest.files.push_back(ManifestFile{file, written.bytes, written.crc32c});
     return Status::OK();
   };
   RETURN_IF_ERROR(write_tensors("model.safetensors", snap.model, {{"format", "pt"}}));
@@ -239,8 +239,8 @@ Status CheckpointManager::Write(int64_t step, const CheckpointPayload& snap, Sav
   {
     const std::string path = (fs::path(tmp) / "trainer_state.json").string();
     RETURN_IF_ERROR(WriteFileDurably(path, snap.trainer_state_json, options_.fsync));
-    ASSIGN_OR_RETURN(ManifestFile mf, Describe(path, "trainer_state.json"));
-    manifest.files.push_back(mf);
+    manifest.files.push_back(
+        ManifestFile{"trainer_state.json", snap.trainer_state_json.size(), Crc32c(snap.trainer_state_json)});
   }
   RETURN_IF_ERROR(WriteFileDurably((fs::path(tmp) / kManifest).string(), ManifestJson(manifest), options_.fsync));
   if (options_.fsync) RETURN_IF_ERROR(FsyncPath(tmp, true));
