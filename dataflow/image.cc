@@ -338,26 +338,21 @@ Plan MakePlan(int w, int h, int size) {
   // torchvision center_crop: int(round((h - size) / 2.0)), Python's round is half-to-even.
   p.top = static_cast<int>(std::nearbyint((p.oh - size) / 2.0));
   p.left = static_cast<int>(std::nearbyint((p.ow - size) / 2.0));
-  // Every output's taps start and end no earlier than the previous output's, so the first
-  // and last outputs bound the input an axis needs.
-  auto span = [size](const Coeffs& c, int* lo, int* hi) {
-    *lo = c.bounds[0];
-    *hi = c.bounds[size * 2 - 2] + c.bounds[size * 2 - 1];
+  // One axis: the filter for the crop's outputs and the input span they read. Every output's
+  // taps start and end no earlier than the previous output's, so the first and last outputs
+  // bound it. An axis that keeps its size is not resampled.
+  auto axis = [size](int in, int out, int offset, Coeffs* c, int* lo, int* hi) {
+    if (out == in) {
+      *lo = offset;
+      *hi = offset + size;
+      return;
+    }
+    *c = Precompute(in, out, offset, size);
+    *lo = c->bounds[0];
+    *hi = c->bounds[size * 2 - 2] + c->bounds[size * 2 - 1];
   };
-  if (p.ow != w) {
-    p.horiz = Precompute(w, p.ow, p.left, size);
-    span(p.horiz, &p.x0, &p.x1);
-  } else {
-    p.x0 = p.left;
-    p.x1 = p.left + size;
-  }
-  if (p.oh != h) {
-    p.vert = Precompute(h, p.oh, p.top, size);
-    span(p.vert, &p.y0, &p.y1);
-  } else {
-    p.y0 = p.top;
-    p.y1 = p.top + size;
-  }
+  axis(w, p.ow, p.left, &p.horiz, &p.x0, &p.x1);
+  axis(h, p.oh, p.top, &p.vert, &p.y0, &p.y1);
   return p;
 }
 
