@@ -255,7 +255,11 @@ Status ShardStore::ForEachQuarantined(const std::function<bool(const QuarantineE
 Status ShardStore::Commit(Batch& batch) {
   if (read_only_) return FailedPreconditionError(fmt::format("shard store '{}' is open read-only", dir_));
   Rep& r = *rep_;
-  rocksdb::WriteBatch wb;
+  // Sized up front: a batch holds a few hundred images, and a WriteBatch that grows by
+  // doubling copies them again and faults in fresh pages at every step.
+  size_t reserve = 4096;
+  for (const Sample& s : batch.samples) reserve += s.image.size() + 512;
+  rocksdb::WriteBatch wb(reserve);
   uint64_t next = next_index_;
   for (Sample& s : batch.samples) {
     s.index = next++;

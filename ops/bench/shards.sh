@@ -17,6 +17,9 @@ echo "dataset: $shards tars x $per samples, ${src_mb} MB"
 # Disk: a sequential write of 1 GiB with fsync to the store's file system, from a buffer
 # already in memory (random bytes, so no layer can compress them).
 head -c 268435456 /dev/urandom > "$work/ddsrc"
+# Each timed phase starts with nothing dirty in the page cache: the dataset just generated
+# (and the probe's source) would otherwise be written back during it and counted against it.
+sync
 t0=$(date +%s.%N)
 for i in 1 2 3 4; do cat "$work/ddsrc"; done | dd of="$work/ddprobe" bs=4M iflag=fullblock conv=fsync status=none
 t1=$(date +%s.%N)
@@ -24,6 +27,7 @@ disk_mbs=$(awk -v s="$t0" -v e="$t1" 'BEGIN{printf "%.1f", 1073.741824/(e-s)}')
 rm -f "$work/ddprobe" "$work/ddsrc"
 echo "disk sequential write (1 GiB, fsync): ${disk_mbs} MB/s"
 
+sync
 t0=$(date +%s.%N)
 "$V" shards ingest --format img2dataset --store "$work/store" "$work"/src/*.tar | tail -n +1 | head -1
 sync
