@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <future>
 #include <set>
+#include <atomic>
 #include <thread>
 
 #include <fmt/format.h>
@@ -192,13 +193,16 @@ StatusOr<IngestReport> Ingest(ShardStore& store, const IngestOptions& options) {
       std::vector<RawRecord> raws = std::move(got.raws);
       if (!end) pending = std::async(std::launch::async, read_batch);
 
-      // Validate in parallel: thread t takes records t, t + threads, ...
+      // Validate in parallel, each thread taking the next record when it is done with one:
+      // the previous batch's commit runs meanwhile and slows whichever thread shares its
+      // core, so a fixed split (records t, t + threads, ...) left the other one idle at the end.
       std::vector<Sample> samples(raws.size());
       std::vector<std::pair<std::string, std::string>> verdicts(raws.size());
       std::vector<std::future<void>> workers;
+      std::atomic<size_t> next_record{0};
       for (int t = 0; t < threads; ++t) {
-        workers.push_back(std::async(std::launch::async, [&, t] {
-          for (size_t i = t; i < raws.size(); i += threads) verdicts[i] = Validate(raws[i], &samples[i]);
+        workers.push_back(std::async(std::launch::async, [&] {
+          for (size_t i; (i = next_record.fetch_add(1)) < raws.size();) verdicts[i] = Validate(raws[i], &samples[i]);
         }));
       }
       for (auto& w : workers) w.get();
