@@ -1,9 +1,8 @@
 #include "dataflow/image.h"
 
 #include <csetjmp>
-#include <cstdio>  // jpeglib.h needs FILE
 
-#include <jpeglib.h>
+#include "sharding/libjpeg_decompressor.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -398,52 +397,7 @@ void ResizeCrop(const uint8_t* in, size_t stride, int in_x, int in_y, const Plan
 
 // ---- libjpeg decompression of a region ------------------------------------------------------
 
-// Error handling as TurboJPEG's TJFLAG_STOPONWARNING: an error or a warning (corrupt or
-// truncated data) longjmps back to the call with the library's message.
-struct JpegErrorMgr {
-  jpeg_error_mgr pub;
-  jmp_buf jump;
-  char message[JMSG_LENGTH_MAX];
-};
-
-[[noreturn]] void JpegFail(j_common_ptr c) {
-  auto* e = reinterpret_cast<JpegErrorMgr*>(c->err);
-  (*c->err->format_message)(c, e->message);
-  longjmp(e->jump, 1);
-}
-void JpegMessage(j_common_ptr c, int level) {
-  if (level < 0) JpegFail(c);  // a warning: the data is corrupt
-}
-void JpegQuiet(j_common_ptr) {}
-
-// This thread's decompressor, reused across images (jpeg_abort_decompress returns it to the
-// start state) and rebuilt after a failure, as the TurboJPEG handle is.
-class Decompressor {
- public:
-  static Decompressor& ForThisThread() {
-    thread_local Decompressor d;
-    return d;
-  }
-  jpeg_decompress_struct* get() { return &cinfo_; }
-  JpegErrorMgr& err() { return err_; }
-  void Reset() {
-    jpeg_destroy_decompress(&cinfo_);
-    Create();
-  }
-  ~Decompressor() { jpeg_destroy_decompress(&cinfo_); }
-
- private:
-  Decompressor() { Create(); }
-  void Create() {
-    cinfo_.err = jpeg_std_error(&err_.pub);
-    err_.pub.error_exit = JpegFail;
-    err_.pub.emit_message = JpegMessage;
-    err_.pub.output_message = JpegQuiet;
-    jpeg_create_decompress(&cinfo_);
-  }
-  jpeg_decompress_struct cinfo_{};
-  JpegErrorMgr err_{};
-};
+using Decompressor = sharding::LibjpegDecompressor;
 
 // Reads the header and sets the output: RGB, islow DCT, fancy upsampling (TurboJPEG's and
 // Pillow's defaults), and with dct_scaling the smallest power-of-two reduction (1/2, 1/4,

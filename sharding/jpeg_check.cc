@@ -1,12 +1,42 @@
 #include "sharding/jpeg_check.h"
-#include "sharding/turbojpeg_handle.h"
+#include "sharding/libjpeg_decompressor.h"
 
-#include <turbojpeg.h>
-
-#include <memory>
-#include <vector>
+#include <string>
 
 namespace vlorch::sharding {
+namespace {
+
+// Reads the header. false with d.err().message on failure. Only libjpeg calls between setjmp
+// and the return.
+bool ReadHeader(LibjpegDecompressor& d, const unsigned char* data, size_t size) {
+  jpeg_decompress_struct* c = d.get();
+  if (setjmp(d.err().jump)) return false;
+  jpeg_mem_src(c, data, static_cast<unsigned long>(size));
+  jpeg_read_header(c, TRUE);
+  return true;
+}
+
+// Decodes the whole entropy-coded image to its end: every row but the last is skipped
+// (jpeg_skip_scanlines Huffman-decodes each MCU and discards the coefficients, with no inverse
+// DCT, upsampling or colour conversion), the last is decoded at 1/8 scale, and
+// jpeg_finish_decompress reads on to the end-of-image marker. Corrupt or truncated data shows
+// up as the same libjpeg warnings a full decode raises, and any warning fails.
+bool DecodeToEnd(LibjpegDecompressor& d, unsigned char* row) {
+  jpeg_decompress_struct* c = d.get();
+  if (setjmp(d.err().jump)) return false;
+  c->scale_num = 1;
+  c->scale_denom = 8;
+  c->out_color_space = JCS_RGB;
+  jpeg_start_decompress(c);
+  if (c->output_height > 1) jpeg_skip_scanlines(c, c->output_height - 1);
+  JSAMPROW rows[1] = {row};
+  while (c->output_scanline < c->output_height) jpeg_read_scanlines(c, rows, 1);
+  jpeg_finish_decompress(c);
+  return true;
+}
+
+}  // namespace
+
 JpegCheck CheckJpeg(std::string_view bytes) {
   JpegCheck out;
   if (bytes.empty()) {
@@ -14,35 +44,34 @@ JpegCheck CheckJpeg(std::string_view bytes) {
     out.detail = "the image file is empty";
     return out;
   }
-  TurboJpegDecompressor& d = TurboJpegDecompressor::ForThisThread();
+  LibjpegDecompressor& d = LibjpegDecompressor::ForThisThread();
   auto* data = reinterpret_cast<const unsigned char*>(bytes.data());
-  int w = 0, h = 0, subsamp = 0, colorspace = 0;
-  if (tjDecompressHeader3(d.get(), data, bytes.size(), &w, &h, &subsamp, &colorspace) != 0) {
+  if (!ReadHeader(d, data, bytes.size())) {
     out.reason = "undecodable_image";
-    out.detail = std::string("not a JPEG header: ") + tjGetErrorStr2(d.get());
+    out.detail = std::string("not a JPEG header: ") + d.err().message;
     d.Reset();
     return out;
   }
-  // A badly truncated file can yield a "successful" header with a zero dimension, and
-  // tjDecompress2 reads a zero width/height as "the image's own", which would decode at full
-  // size into the small buffer below.
-  if (w < 1 || h < 1) {
+  const jpeg_decompress_struct* c = d.get();
+  if (c->image_width < 1 || c->image_height < 1) {
     out.reason = "undecodable_image";
     out.detail = "JPEG header has zero width or height (truncated?)";
+    d.Reset();
     return out;
   }
-  const int sw = TJSCALED(w, (tjscalingfactor{1, 8})), sh = TJSCALED(h, (tjscalingfactor{1, 8}));
-  thread_local std::vector<unsigned char> buf;
-  buf.resize(static_cast<size_t>(sw) * sh * 3);
-  if (tjDecompress2(d.get(), data, bytes.size(), buf.data(), sw, 0, sh, TJPF_RGB, TJFLAG_STOPONWARNING) != 0) {
+  out.width = c->image_width;
+  out.height = c->image_height;
+  // One output row at 1/8 scale: (width + 7) / 8 RGB pixels.
+  thread_local std::string row;
+  row.resize((static_cast<size_t>(out.width) + 7) / 8 * 3 + 64);
+  if (!DecodeToEnd(d, reinterpret_cast<unsigned char*>(row.data()))) {
     out.reason = "undecodable_image";
-    out.detail = std::string("JPEG data is damaged or truncated: ") + tjGetErrorStr2(d.get());
+    out.detail = std::string("JPEG data is damaged or truncated: ") + d.err().message;
+    out.width = out.height = 0;
     d.Reset();
     return out;
   }
   out.ok = true;
-  out.width = static_cast<uint32_t>(w);
-  out.height = static_cast<uint32_t>(h);
   return out;
 }
 

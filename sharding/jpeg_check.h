@@ -1,6 +1,7 @@
 // JPEG validation at ingest: the header and the whole entropy-coded image are decoded with
-// libjpeg-turbo (at 1/8 scale, which still reads every coefficient but skips most of the
-// IDCT and colour work), with warnings treated as errors so truncation is caught.
+// libjpeg-turbo to the end-of-image marker (every coefficient Huffman-decoded; rows skipped
+// without inverse DCT or colour work, the last one decoded at 1/8 scale), with warnings
+// treated as errors so truncation and corrupt data are caught.
 #pragma once
 
 #include <cstdint>
