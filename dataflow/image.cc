@@ -9,6 +9,7 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <vector>
 
@@ -16,6 +17,8 @@
 
 namespace vlorch::dataflow {
 namespace {
+
+std::atomic<bool> g_portable_kernels{false};  // SetImageKernels(kPortable)
 
 // ---- Pillow's resampler (Resample.c), 8 bits per channel, 3 channels ----------------------
 constexpr int kPrecisionBits = 32 - 8 - 2;
@@ -211,7 +214,7 @@ __attribute__((target("ssse3"))) void TransposeBytesSse(const uint8_t* in, size_
 
 bool HaveSsse3() {
   static const bool yes = __builtin_cpu_supports("ssse3");
-  return yes;
+  return yes && !g_portable_kernels.load(std::memory_order_relaxed);
 }
 #endif
 
@@ -281,7 +284,7 @@ __attribute__((target("avx2"))) bool ResampleRowsAvx2(const uint8_t* in, size_t 
 
 bool HaveAvx2() {
   static const bool yes = __builtin_cpu_supports("avx2");
-  return yes;
+  return yes && !g_portable_kernels.load(std::memory_order_relaxed);
 }
 #endif
 
@@ -507,6 +510,10 @@ void NormalisePlane(const uint8_t* __restrict p, size_t n, float mean, float std
 }
 
 }  // namespace
+
+void SetImageKernels(ImageKernels kernels) {
+  g_portable_kernels.store(kernels == ImageKernels::kPortable, std::memory_order_relaxed);
+}
 
 StatusOr<DecodedImage> DecodeClipFloat(std::string_view jpeg, const ImageOptions& o, float* out) {
   ASSIGN_OR_RETURN(DecodedImage info, DecodeCrop(jpeg, o));

@@ -47,6 +47,13 @@ struct DecodedImage {
   int decoded_width = 0, decoded_height = 0;  // after DCT scaling
 };
 
+// Which implementation of the image kernels (transposes, resampler) runs. kAuto: the SIMD
+// ones this CPU supports (SSSE3 transposes, AVX2 resampler), else the portable loops;
+// kPortable: the portable loops only, as on other architectures. Both give the same bytes;
+// the switch exists so tests and benchmarks can check that. Process-wide; default kAuto.
+enum class ImageKernels { kAuto, kPortable };
+void SetImageKernels(ImageKernels kernels);
+
 // Writes 3 * size * size floats. InvalidArgument naming the problem for an undecodable
 // image (callers count and skip such samples).
 StatusOr<DecodedImage> DecodeClipFloat(std::string_view jpeg, const ImageOptions& options, float* out);

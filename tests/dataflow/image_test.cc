@@ -166,6 +166,36 @@ TEST(ClipImageTest, DecodingOnlyTheCropChangesNoPixel) {
   EXPECT_GT(cropped, checked / 2) << "most cases must crop something away";
 }
 
+// The SIMD kernels (SSSE3 tile transposes, AVX2 multiply-add resampler) and the portable
+// loops that run elsewhere (and on tile edges) give the same bytes: sizes on and off the
+// 16-pixel tiles, up- and downscaling, long filters (a 9x shrink), both targets.
+TEST(ClipImageTest, SimdAndPortableKernelsGiveTheSameBytes) {
+  std::mt19937_64 rng(11);
+  int compared = 0;
+  for (int i = 0; i < 24; ++i) {
+    int w = 17 + static_cast<int>(rng() % 1100), h = 17 + static_cast<int>(rng() % 1100);
+    if (i == 0) w = 2000, h = 1900;  // shrunk ~9x without DCT scaling: 37-tap filters
+    if (i == 1) w = 100, h = 64;     // upscaled
+    const std::string jpeg = sharding::EncodeTestJpeg(w, h, rng());
+    for (int size : {224, 48}) {
+      ImageOptions o;
+      o.size = size;
+      o.dct_scaling = i % 2 == 1;
+      std::vector<uint8_t> simd(3 * size * size), portable(3 * size * size);
+      ASSERT_TRUE(DecodeClipUint8(jpeg, o, simd.data()).ok());
+      SetImageKernels(ImageKernels::kPortable);
+      auto r = DecodeClipUint8(jpeg, o, portable.data());
+      SetImageKernels(ImageKernels::kAuto);
+      ASSERT_TRUE(r.ok());
+      size_t differ = 0;
+      for (size_t k = 0; k < simd.size(); ++k) differ += simd[k] != portable[k];
+      EXPECT_EQ(differ, 0u) << w << "x" << h << " size " << size;
+      ++compared;
+    }
+  }
+  EXPECT_EQ(compared, 48);
+}
+
 // What decode_only_crop gives up: damage in rows below the crop is no longer seen (they are
 // not decoded); damage inside them still is. A full decode sees both.
 TEST(ClipImageTest, DecodingOnlyTheCropStillFailsOnDamageItReads) {
