@@ -308,8 +308,8 @@ Status WriteFile(const std::string& path, std::vector<TensorToWrite> tensors,
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return ErrnoError("cannot create safetensors file", path, errno);
   WrittenFile w;
-  // The checksum of each buffer is taken just before it is written, while it is in cache
-  // from the CRC (or, for large tensors, in 4 MiB pieces, so each piece still is).
+  // Each 4 MiB piece is checksummed and then written, so write(2) copies it while the CRC
+  // has just brought it into cache: one pass over memory instead of a read-back of the file.
   auto put = [&](const void* data, size_t n) -> Status {
     const char* p = static_cast<const char*>(data);
     constexpr size_t kPiece = size_t{4} << 20;

@@ -13,8 +13,6 @@
 #include <cmath>
 #include <vector>
 
-#include <fmt/format.h>
-
 namespace vlorch::dataflow {
 namespace {
 
@@ -400,21 +398,17 @@ void ResizeCrop(const uint8_t* in, size_t stride, int in_x, int in_y, const Plan
 
 // ---- libjpeg decompression of a region ------------------------------------------------------
 
-using Decompressor = sharding::LibjpegDecompressor;
-
-// Reads the header and sets the output: RGB, islow DCT, fancy upsampling (TurboJPEG's and
-// Pillow's defaults), and with dct_scaling the smallest power-of-two reduction (1/2, 1/4,
-// 1/8) that still leaves at least twice `target` on the shortest side, so the final bicubic
-// resize keeps antialiasing at least a 2x reduction. Measured against torchvision
-// (tests/dataflow/image_test.cc): leaving less (640x481 halved to 241 px before 224) moved
-// values by 0.20 on average, leaving 2x by about 0.04; libjpeg-turbo's 1/8-step factors
-// (7/8, 13/16, ...) are not used at all. false with err().message on failure. Only libjpeg
+// Sets the output of a decompressor whose header was read: RGB, islow DCT, fancy upsampling
+// (TurboJPEG's and Pillow's defaults), and with dct_scaling the smallest power-of-two
+// reduction (1/2, 1/4, 1/8) that still leaves at least twice `target` on the shortest side, so
+// the final bicubic resize keeps antialiasing at least a 2x reduction. Measured against
+// torchvision (tests/dataflow/image_test.cc): leaving less (640x481 halved to 241 px before
+// 224) moved values by 0.20 on average, leaving 2x by about 0.04; libjpeg-turbo's 1/8-step
+// factors (7/8, 13/16, ...) are not used at all. false on failure (TakeError). Only libjpeg
 // calls and arithmetic between setjmp and the return (a longjmp skips no destructor).
-bool ReadHeader(Decompressor& d, const unsigned char* data, size_t size, int target, bool dct_scaling) {
+bool SetOutput(sharding::LibjpegDecompressor& d, int target, bool dct_scaling) {
   jpeg_decompress_struct* c = d.get();
   if (setjmp(d.err().jump)) return false;
-  jpeg_mem_src(c, data, static_cast<unsigned long>(size));
-  jpeg_read_header(c, TRUE);
   c->out_color_space = JCS_RGB;
   c->dct_method = JDCT_ISLOW;
   c->do_fancy_upsampling = TRUE;
@@ -435,7 +429,7 @@ bool ReadHeader(Decompressor& d, const unsigned char* data, size_t size, int tar
 // (capacity for (y_end - y_begin) full-width rows). Columns are widened to the decoder's
 // iMCU boundaries by jpeg_crop_scanline: *x_out and *width_out say what was decoded. Rows
 // above y_begin are skipped (entropy-decoded only), rows from y_end on are not decoded at all.
-bool ReadRegion(Decompressor& d, int x_begin, int x_end, int y_begin, int y_end, uint8_t* buf, JSAMPROW* rows,
+bool ReadRegion(sharding::LibjpegDecompressor& d, int x_begin, int x_end, int y_begin, int y_end, uint8_t* buf, JSAMPROW* rows,
                 int* x_out, int* width_out) {
   jpeg_decompress_struct* c = d.get();
   if (setjmp(d.err().jump)) return false;
@@ -457,14 +451,13 @@ bool ReadRegion(Decompressor& d, int x_begin, int x_end, int y_begin, int y_end,
 // Decodes and resizes+crops to size x size RGB as three planes (CHW), in ThreadScratch().crop.
 StatusOr<DecodedImage> DecodeCrop(std::string_view jpeg, const ImageOptions& o) {
   if (o.size < 1) return InvalidArgumentError("image size must be >= 1");
-  Decompressor& d = Decompressor::ForThisThread();
-  auto* data = reinterpret_cast<const unsigned char*>(jpeg.data());
+  sharding::LibjpegDecompressor& d = sharding::LibjpegDecompressor::ForThisThread();
   if (jpeg.empty()) return InvalidArgumentError("not a decodable JPEG: empty image");
-  if (!ReadHeader(d, data, jpeg.size(), o.size, o.dct_scaling) || d.get()->image_width < 1 ||
-      d.get()->image_height < 1) {
-    std::string why = d.err().message;
+  if (!d.ReadHeader(jpeg.data(), jpeg.size()) || !SetOutput(d, o.size, o.dct_scaling))
+    return InvalidArgumentError("not a decodable JPEG: " + d.TakeError());
+  if (d.get()->image_width < 1 || d.get()->image_height < 1) {
     d.Reset();
-    return InvalidArgumentError("not a decodable JPEG: " + why);
+    return InvalidArgumentError("not a decodable JPEG: zero width or height in the header");
   }
   DecodedImage info;
   info.width = static_cast<int>(d.get()->image_width);
@@ -489,11 +482,8 @@ StatusOr<DecodedImage> DecodeCrop(std::string_view jpeg, const ImageOptions& o) 
   s.rgb.resize(static_cast<size_t>(dw) * (y_end - y_begin) * 3);
   s.rows.resize(static_cast<size_t>(y_end - y_begin));
   int x_out = 0, width_out = 0;
-  if (!ReadRegion(d, x_begin, x_end, y_begin, y_end, s.rgb.data(), s.rows.data(), &x_out, &width_out)) {
-    std::string why = d.err().message;
-    d.Reset();
-    return InvalidArgumentError("JPEG data is damaged or truncated: " + why);
-  }
+  if (!ReadRegion(d, x_begin, x_end, y_begin, y_end, s.rgb.data(), s.rows.data(), &x_out, &width_out))
+    return InvalidArgumentError("JPEG data is damaged or truncated: " + d.TakeError());
   s.crop.resize(static_cast<size_t>(o.size) * o.size * 3);
   ResizeCrop(s.rgb.data(), static_cast<size_t>(width_out) * 3, x_out, y_begin, plan, o.size, s.crop.data());
   return info;

@@ -6,16 +6,6 @@
 namespace vlorch::sharding {
 namespace {
 
-// Reads the header. false with d.err().message on failure. Only libjpeg calls between setjmp
-// and the return.
-bool ReadHeader(LibjpegDecompressor& d, const unsigned char* data, size_t size) {
-  jpeg_decompress_struct* c = d.get();
-  if (setjmp(d.err().jump)) return false;
-  jpeg_mem_src(c, data, static_cast<unsigned long>(size));
-  jpeg_read_header(c, TRUE);
-  return true;
-}
-
 // Decodes the whole entropy-coded image to its end: every row but the last is skipped
 // (jpeg_skip_scanlines Huffman-decodes each MCU and discards the coefficients, with no inverse
 // DCT, upsampling or colour conversion), the last is decoded at 1/8 scale, and
@@ -45,11 +35,9 @@ JpegCheck CheckJpeg(std::string_view bytes) {
     return out;
   }
   LibjpegDecompressor& d = LibjpegDecompressor::ForThisThread();
-  auto* data = reinterpret_cast<const unsigned char*>(bytes.data());
-  if (!ReadHeader(d, data, bytes.size())) {
+  if (!d.ReadHeader(bytes.data(), bytes.size())) {
     out.reason = "undecodable_image";
-    out.detail = std::string("not a JPEG header: ") + d.err().message;
-    d.Reset();
+    out.detail = "not a JPEG header: " + d.TakeError();
     return out;
   }
   const jpeg_decompress_struct* c = d.get();
@@ -66,9 +54,8 @@ JpegCheck CheckJpeg(std::string_view bytes) {
   row.resize((static_cast<size_t>(out.width) + 7) / 8 * 3 + 64);
   if (!DecodeToEnd(d, reinterpret_cast<unsigned char*>(row.data()))) {
     out.reason = "undecodable_image";
-    out.detail = std::string("JPEG data is damaged or truncated: ") + d.err().message;
+    out.detail = "JPEG data is damaged or truncated: " + d.TakeError();
     out.width = out.height = 0;
-    d.Reset();
     return out;
   }
   out.ok = true;

@@ -2,8 +2,8 @@
 // to the caller's setjmp (TurboJPEG's TJFLAG_STOPONWARNING: corrupt or truncated data is an
 // error, never a grey patch). Used by the shard store's validation and by dataflow's decoder.
 //
-// Callers: `if (setjmp(d.err().jump)) { ...d.err().message...; d.Reset(); }` around libjpeg
-// calls only; nothing with a destructor may be created between the setjmp and the last
+// Callers: `if (setjmp(d.err().jump)) return false;` before their libjpeg calls, and
+// TakeError() when one failed; nothing with a destructor may be created between the setjmp and the last
 // libjpeg call (a longjmp skips destructors). Reset() after any failure, as with the
 // TurboJPEG handle this replaces: with libjpeg-turbo 2.1.5, a TurboJPEG handle reused after a
 // failed header parse misread the next, valid image's header (found by
@@ -12,6 +12,7 @@
 
 #include <csetjmp>
 #include <cstdio>  // jpeglib.h needs FILE
+#include <string>
 
 #include <jpeglib.h>
 
@@ -33,6 +34,20 @@ class LibjpegDecompressor {
   }
   jpeg_decompress_struct* get() { return &cinfo_; }
   JpegErrorMgr& err() { return err_; }
+  // Points the decompressor at `data` (which must outlive the decode) and reads the header.
+  // false on failure (TakeError says why).
+  bool ReadHeader(const void* data, size_t size) {
+    if (setjmp(err_.jump)) return false;
+    jpeg_mem_src(&cinfo_, static_cast<const unsigned char*>(data), static_cast<unsigned long>(size));
+    jpeg_read_header(&cinfo_, TRUE);
+    return true;
+  }
+  // After a failed call: libjpeg's message, with the decompressor rebuilt for the next image.
+  std::string TakeError() {
+    std::string message = err_.message;
+    Reset();
+    return message;
+  }
   void Reset() {
     jpeg_destroy_decompress(&cinfo_);
     Create();

@@ -32,7 +32,7 @@ double Since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// Size and CRC32C of a file, read back in 4 MiB blocks (from the page cache just after writing).
+// Size and CRC32C of a file as it is on disk, read in 4 MiB blocks (verifying a checkpoint).
 StatusOr<ManifestFile> Describe(const std::string& path, const std::string& name) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return ErrnoError("open", path, errno);
