@@ -3,6 +3,15 @@
 // rotary embedding, grouped-query attention). Dropout is not implemented: vision-language
 // recipes train the LLM frozen or with dropout 0, and leaving it out keeps steps bitwise
 // reproducible.
+//
+// Padding-free: the projections, norms and feed-forward blocks run on the real tokens only
+// ([N, D] rows, N = the mask's ones), and the last layer computes queries, attention output
+// and feed-forward only for the positions whose logits are asked for (the loss's); keys and
+// values of every real token are still computed there. Only attention itself runs on the
+// padded [B, L] grid, with the same causal and padding bias as before. Every returned logit is
+// the one the dense computation gives for that position (rows not computed are rows no
+// returned value depends on); a batch of captions padded to its longest with a prompt and
+// image slots before each label saves a sixth to a third of the decoder's arithmetic.
 #include <cmath>
 
 #include "worker/models/modules.h"
@@ -15,6 +24,44 @@ torch::Tensor PositionsFromMask(const torch::Tensor& attention_mask) {
   return (attention_mask.cumsum(1) * attention_mask) - 1;
 }
 
+// Rows of token vectors and the padded [B, L] grid attention runs on. Positions are flat
+// indices b * L + p.
+struct TokenGrid {
+  int64_t batch = 0, length = 0;
+  torch::Tensor real;  // [N] the real tokens' positions, ascending
+
+  TokenGrid(const torch::Tensor& attention_mask)
+      : batch(attention_mask.size(0)), length(attention_mask.size(1)),
+        real(attention_mask.reshape({-1}).nonzero().reshape({-1})) {}
+
+  // [R, C] rows for the positions `where` -> [B, L, C], zeros elsewhere.
+  torch::Tensor Scatter(const torch::Tensor& rows, const torch::Tensor& where) const {
+    return torch::zeros({batch * length, rows.size(1)}, rows.options())
+        .index_copy(0, where, rows)
+        .view({batch, length, rows.size(1)});
+  }
+  // [B, L, C] -> [R, C] rows at the positions `where`.
+  torch::Tensor Gather(const torch::Tensor& grid, const torch::Tensor& where) const {
+    return grid.reshape({batch * length, grid.size(2)}).index_select(0, where);
+  }
+  // The rows of `real` that hold the positions `outputs`; each must be a real token.
+  torch::Tensor RowsOf(const torch::Tensor& outputs) const {
+    torch::Tensor row = torch::full({batch * length}, -1, real.options());
+    row.index_copy_(0, real, torch::arange(real.size(0), real.options()));
+    torch::Tensor rows = row.index_select(0, outputs);
+    TORCH_CHECK(rows.numel() == 0 || rows.min().item<int64_t>() >= 0,
+                "logits were asked for a padding position (attention_mask 0)");
+    return rows;
+  }
+};
+
+// The queries one layer computes: every real token (rows undefined), or in the last layer the
+// positions `where` at rows `rows` of its input.
+struct Queries {
+  torch::Tensor where, rows;
+  torch::Tensor Select(const torch::Tensor& x) const { return rows.defined() ? x.index_select(0, rows) : x; }
+};
+
 // ---- OPT ----
 
 struct OptAttentionImpl : torch::nn::Module {
@@ -24,12 +71,16 @@ struct OptAttentionImpl : torch::nn::Module {
     v_proj = register_module("v_proj", torch::nn::Linear(c.hidden, c.hidden));
     out_proj = register_module("out_proj", torch::nn::Linear(c.hidden, c.hidden));
   }
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& bias) {
-    const double scale = 1.0 / std::sqrt(static_cast<double>(x.size(2) / heads));
+  // y: [N, D] normalised real tokens -> [Q, D] attention outputs for the queries q.
+  torch::Tensor forward(const torch::Tensor& y, const torch::Tensor& bias, const TokenGrid& g, const Queries& q) {
+    const double scale = 1.0 / std::sqrt(static_cast<double>(y.size(1) / heads));
+    auto grid = [&](const torch::Tensor& rows, const torch::Tensor& where) {
+      return SplitHeads(g.Scatter(rows, where), heads);
+    };
     // OPT scales q after the projection (bias included); equivalent to scaling the scores.
-    torch::Tensor ctx = Attend(SplitHeads(q_proj->forward(x), heads), SplitHeads(k_proj->forward(x), heads),
-                               SplitHeads(v_proj->forward(x), heads), scale, bias);
-    return out_proj->forward(MergeHeads(ctx));
+    torch::Tensor ctx = Attend(grid(q_proj->forward(q.Select(y)), q.where), grid(k_proj->forward(y), g.real),
+                               grid(v_proj->forward(y), g.real), scale, bias);
+    return out_proj->forward(g.Gather(MergeHeads(ctx), q.where));
   }
   int heads;
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, out_proj{nullptr};
@@ -45,8 +96,9 @@ struct OptLayerImpl : torch::nn::Module {
     fc2 = register_module("fc2", torch::nn::Linear(c.intermediate, c.hidden));
     final_layer_norm = register_module("final_layer_norm", ln());
   }
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& bias) {
-    torch::Tensor h = x + self_attn->forward(self_attn_layer_norm->forward(x), bias);
+  // x: [N, D] real tokens -> [Q, D] for the queries q.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& bias, const TokenGrid& g, const Queries& q) {
+    torch::Tensor h = q.Select(x) + self_attn->forward(self_attn_layer_norm->forward(x), bias, g, q);
     return h + fc2->forward(torch::relu(fc1->forward(final_layer_norm->forward(h))));
   }
   OptAttention self_attn{nullptr};
@@ -86,12 +138,17 @@ class OptForCausalLM : public LanguageModel {
     return model->decoder->embed_tokens->forward(input_ids);
   }
 
-  torch::Tensor Logits(const torch::Tensor& embeds, const torch::Tensor& attention_mask) override {
+  torch::Tensor Logits(const torch::Tensor& embeds, const torch::Tensor& attention_mask,
+                       const torch::Tensor& outputs) override {
     auto& d = model->decoder;
-    torch::Tensor positions = PositionsFromMask(attention_mask) + OptDecoderImpl::kPositionOffset;
-    torch::Tensor h = embeds + d->embed_positions->forward(positions);
+    const TokenGrid g(attention_mask);
+    torch::Tensor positions = PositionsFromMask(attention_mask).reshape({-1}).index_select(0, g.real);
+    torch::Tensor h = g.Gather(embeds, g.real) + d->embed_positions->forward(positions + OptDecoderImpl::kPositionOffset);
     torch::Tensor bias = CausalPaddingBias(attention_mask, h.scalar_type());
-    for (const auto& l : *d->layers) h = l->as<OptLayer>()->forward(h, bias);
+    const Queries all{g.real, {}}, last{outputs, g.RowsOf(outputs)};
+    const size_t n = d->layers->size();
+    for (size_t i = 0; i < n; ++i) h = d->layers[i]->as<OptLayer>()->forward(h, bias, g, i + 1 == n ? last : all);
+    if (n == 0) h = last.Select(h);
     h = d->final_layer_norm->forward(h);
     return torch::matmul(h, d->embed_tokens->weight.t());  // tied LM head
   }
@@ -127,11 +184,12 @@ struct LlamaAttentionImpl : torch::nn::Module {
     v_proj = register_module("v_proj", lin(c.hidden, kv_heads * head_dim));
     o_proj = register_module("o_proj", lin(heads * head_dim, c.hidden));
   }
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                        const torch::Tensor& bias) {
-    torch::Tensor q = SplitHeads(q_proj->forward(x), heads);
-    torch::Tensor k = SplitHeads(k_proj->forward(x), kv_heads);
-    torch::Tensor v = SplitHeads(v_proj->forward(x), kv_heads);
+  // y: [N, D] normalised real tokens -> [Q, D] attention outputs for the queries q.
+  torch::Tensor forward(const torch::Tensor& y, const torch::Tensor& cos, const torch::Tensor& sin,
+                        const torch::Tensor& bias, const TokenGrid& g, const Queries& qs) {
+    torch::Tensor q = SplitHeads(g.Scatter(q_proj->forward(qs.Select(y)), qs.where), heads);
+    torch::Tensor k = SplitHeads(g.Scatter(k_proj->forward(y), g.real), kv_heads);
+    torch::Tensor v = SplitHeads(g.Scatter(v_proj->forward(y), g.real), kv_heads);
     q = q * cos + RotateHalf(q) * sin;
     k = k * cos + RotateHalf(k) * sin;
     if (kv_heads != heads) {
@@ -139,7 +197,7 @@ struct LlamaAttentionImpl : torch::nn::Module {
       v = v.repeat_interleave(heads / kv_heads, 1);
     }
     torch::Tensor ctx = Attend(q, k, v, 1.0 / std::sqrt(static_cast<double>(head_dim)), bias);
-    return o_proj->forward(MergeHeads(ctx));
+    return o_proj->forward(g.Gather(MergeHeads(ctx), qs.where));
   }
   int heads, kv_heads, head_dim;
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
@@ -167,9 +225,10 @@ struct LlamaLayerImpl : torch::nn::Module {
     input_layernorm = register_module("input_layernorm", RmsNorm(c.hidden, c.norm_eps));
     post_attention_layernorm = register_module("post_attention_layernorm", RmsNorm(c.hidden, c.norm_eps));
   }
+  // x: [N, D] real tokens -> [Q, D] for the queries q.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                        const torch::Tensor& bias) {
-    torch::Tensor h = x + self_attn->forward(input_layernorm->forward(x), cos, sin, bias);
+                        const torch::Tensor& bias, const TokenGrid& g, const Queries& q) {
+    torch::Tensor h = q.Select(x) + self_attn->forward(input_layernorm->forward(x), cos, sin, bias, g, q);
     return h + mlp->forward(post_attention_layernorm->forward(h));
   }
   LlamaAttention self_attn{nullptr};
@@ -201,7 +260,8 @@ class LlamaForCausalLM : public LanguageModel {
 
   torch::Tensor Embed(const torch::Tensor& input_ids) override { return model->embed_tokens->forward(input_ids); }
 
-  torch::Tensor Logits(const torch::Tensor& embeds, const torch::Tensor& attention_mask) override {
+  torch::Tensor Logits(const torch::Tensor& embeds, const torch::Tensor& attention_mask,
+                       const torch::Tensor& outputs) override {
     const int64_t head_dim = config_.hidden / config_.heads;
     auto fopts = torch::TensorOptions().dtype(torch::kFloat32).device(embeds.device());
     torch::Tensor inv_freq =
@@ -211,8 +271,13 @@ class LlamaForCausalLM : public LanguageModel {
     torch::Tensor angles = torch::cat({freqs, freqs}, -1).unsqueeze(1);                    // [B, 1, L, d]
     torch::Tensor cos = angles.cos().to(embeds.scalar_type()), sin = angles.sin().to(embeds.scalar_type());
     torch::Tensor bias = CausalPaddingBias(attention_mask, embeds.scalar_type());
-    torch::Tensor h = embeds;
-    for (const auto& l : *model->layers) h = l->as<LlamaLayer>()->forward(h, cos, sin, bias);
+    const TokenGrid g(attention_mask);
+    torch::Tensor h = g.Gather(embeds, g.real);
+    const Queries all{g.real, {}}, last{outputs, g.RowsOf(outputs)};
+    const size_t n = model->layers->size();
+    for (size_t i = 0; i < n; ++i)
+      h = model->layers[i]->as<LlamaLayer>()->forward(h, cos, sin, bias, g, i + 1 == n ? last : all);
+    if (n == 0) h = last.Select(h);
     h = model->norm->forward(h);
     return lm_head ? lm_head->forward(h) : torch::matmul(h, model->embed_tokens->weight.t());
   }

@@ -136,8 +136,11 @@ TORCH_MODULE(QFormerModel);
 class LanguageModel : public torch::nn::Module {
  public:
   virtual torch::Tensor Embed(const torch::Tensor& input_ids) = 0;
-  // [B, L, D] embeddings + [B, L] mask -> [B, L, V] logits.
-  virtual torch::Tensor Logits(const torch::Tensor& embeds, const torch::Tensor& attention_mask) = 0;
+  // [B, L, D] embeddings + [B, L] mask -> [M, V] logits at the M positions `outputs` (flat
+  // indices b * L + p, each a real token). Padding and positions not asked for cost no
+  // projection or feed-forward arithmetic (llm.cc).
+  virtual torch::Tensor Logits(const torch::Tensor& embeds, const torch::Tensor& attention_mask,
+                               const torch::Tensor& outputs) = 0;
 };
 
 std::shared_ptr<LanguageModel> MakeLanguageModel(const LlmConfig& c);

@@ -86,14 +86,17 @@ ModelOutput VLModel::Forward(const dataflow::Batch& batch) {
                 " visual tokens run past the sequence end; the template reserved fewer slots than the model makes");
     embeds = embeds.index_put({rows, cols}, vis.reshape({n * t, d}));
   }
-  torch::Tensor logits = llm_->Logits(embeds, batch.attention_mask);  // [B, L, V]
-  torch::Tensor shifted = logits.slice(1, 0, -1).reshape({-1, logits.size(2)});
-  torch::Tensor targets = batch.labels.slice(1, 1).reshape({-1});
+  // Position p predicts label p + 1: only positions whose next label counts need logits.
+  torch::Tensor next = batch.labels.slice(1, 1);           // [B, L - 1]
+  torch::Tensor counted = next.ne(dataflow::kIgnoreIndex);  // [B, L - 1]
+  torch::Tensor at = counted.nonzero();                     // [M, 2] (row, position), row-major
+  torch::Tensor outputs = at.select(1, 0) * batch.labels.size(1) + at.select(1, 1);
+  torch::Tensor logits = llm_->Logits(embeds, batch.attention_mask, outputs);  // [M, V]
   ModelOutput out;
   out.loss_sum = torch::nn::functional::cross_entropy(
-      shifted.to(torch::kFloat32), targets,
-      torch::nn::functional::CrossEntropyFuncOptions().ignore_index(dataflow::kIgnoreIndex).reduction(torch::kSum));
-  out.label_tokens = targets.ne(dataflow::kIgnoreIndex).sum().item<int64_t>();
+      logits.to(torch::kFloat32), next.masked_select(counted),
+      torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
+  out.label_tokens = outputs.size(0);
   return out;
 }
 

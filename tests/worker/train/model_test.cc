@@ -150,6 +150,74 @@ TEST(VLModel, TooFewImageSlotsIsAnError) {
   EXPECT_THROW((*m)->Forward(b), c10::Error);
 }
 
+// The decoder computes only real tokens, and its last layer only the positions with a label
+// next (llm.cc): a sample's loss and gradients must not depend on how long its batchmates
+// are, how much padding it gets, or which rows the last layer skipped. Each sample of a padded
+// batch is run again alone at its own length; the batch's loss and gradients are the sums.
+TEST(VLModel, PaddingAndBatchmatesChangeNoSamplesLossOrGradient) {
+  for (LlmKind kind : {LlmKind::kOpt, LlmKind::kLlama}) {
+    auto m = VLModel::Create(Tiny(kind), 4);
+    ASSERT_TRUE(m.ok());
+    const ModelConfig& c = (*m)->config();
+    torch::manual_seed(2);
+    const int64_t L = 16, lengths[] = {16, 11, 7};
+    dataflow::Batch b;
+    b.input_ids = torch::randint(3, c.llm.vocab_size, {3, L}, torch::kInt64);
+    b.attention_mask = torch::zeros({3, L}, torch::kInt64);
+    b.labels = b.input_ids.clone();
+    for (int i = 0; i < 3; ++i) {
+      b.attention_mask[i].slice(0, 0, lengths[i]).fill_(1);
+      b.labels[i].slice(0, lengths[i]).fill_(dataflow::kIgnoreIndex);
+    }
+    b.labels.slice(1, 0, 5).fill_(dataflow::kIgnoreIndex);  // BOS and the image slots
+    b.images = torch::randn({3, 3, c.vision.image_size, c.vision.image_size});
+    b.image_positions = torch::tensor({0, 1, 1, 1, 2, 1}, torch::kInt64).view({3, 2});
+
+    auto grads = [&](const dataflow::Batch& batch, ModelOutput* out) {
+      for (auto& [n, p] : (*m)->SortedParameters()) p.mutable_grad() = torch::Tensor();
+      *out = (*m)->Forward(batch);
+      out->loss_sum.backward();
+      std::vector<torch::Tensor> g;
+      for (auto& [n, p] : (*m)->SortedParameters()) g.push_back(p.grad().clone());
+      return g;
+    };
+    ModelOutput whole;
+    const std::vector<torch::Tensor> g_whole = grads(b, &whole);
+    EXPECT_EQ(whole.label_tokens, (16 - 5) + (11 - 5) + (7 - 5));  // labels from position 5 on
+    double loss_sum = 0;
+    int64_t tokens = 0;
+    std::vector<torch::Tensor> g_sum;
+    for (int i = 0; i < 3; ++i) {
+      dataflow::Batch one;
+      one.input_ids = b.input_ids.slice(0, i, i + 1).slice(1, 0, lengths[i]);
+      one.attention_mask = b.attention_mask.slice(0, i, i + 1).slice(1, 0, lengths[i]);
+      one.labels = b.labels.slice(0, i, i + 1).slice(1, 0, lengths[i]);
+      one.images = b.images.slice(0, i, i + 1);
+      one.image_positions = torch::tensor({0, 1}, torch::kInt64).view({1, 2});
+      ModelOutput o;
+      std::vector<torch::Tensor> g = grads(one, &o);
+      loss_sum += o.loss_sum.item<double>();
+      tokens += o.label_tokens;
+      if (g_sum.empty()) g_sum = g;
+      else for (size_t k = 0; k < g.size(); ++k) g_sum[k] += g[k];
+    }
+    EXPECT_EQ(tokens, whole.label_tokens);
+    EXPECT_NEAR(whole.loss_sum.item<double>(), loss_sum, 1e-4 * loss_sum);
+    // float32 sums in another order: agreement to ~1e-6 of the gradients' scale.
+    const auto names = (*m)->SortedParameters();
+    for (size_t k = 0; k < g_sum.size(); ++k)
+      EXPECT_TRUE(torch::allclose(g_whole[k], g_sum[k], 1e-3, 1e-5))
+          << names[k].first << ": max diff " << (g_whole[k] - g_sum[k]).abs().max().item<double>();
+  }
+}
+
+TEST(VLModel, ALabelOnPaddingIsAnError) {
+  auto m = VLModel::Create(Tiny(LlmKind::kOpt), 3);
+  dataflow::Batch b = MakeBatch((*m)->config(), true);
+  b.labels[1][14] = 5;  // row 1 is padding from 12 on: position 13 would have to predict it
+  EXPECT_THROW((*m)->Forward(b), c10::Error);
+}
+
 class WeightsTest : public ::testing::Test {
  protected:
   void SetUp() override {
