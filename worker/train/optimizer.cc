@@ -4,6 +4,8 @@
 
 #include <fmt/format.h>
 
+#include "worker/train/adamw_kernel.h"
+
 namespace vlorch::train {
 
 AdamW::AdamW(std::vector<OptimizedParam> params, const OptimizerSpec& spec) : params_(std::move(params)), spec_(spec) {
@@ -13,7 +15,7 @@ AdamW::AdamW(std::vector<OptimizedParam> params, const OptimizerSpec& spec) : pa
   }
 }
 
-void AdamW::Step(double base_lr) {
+void AdamW::Step(double base_lr, double grad_scale) {
   torch::NoGradGuard no_grad;
   ++step_;
   const double bc1 = 1.0 - std::pow(spec_.beta1, static_cast<double>(step_));
@@ -23,10 +25,29 @@ void AdamW::Step(double base_lr) {
     const torch::Tensor& g = p.param.grad();
     if (!g.defined()) continue;
     const double lr = base_lr * p.lr_multiplier;
-    p.param.mul_(1.0 - lr * p.weight_decay);
-    p.exp_avg.lerp_(g, 1.0 - spec_.beta1);
-    p.exp_avg_sq.mul_(spec_.beta2).addcmul_(g, g, 1.0 - spec_.beta2);
     const double step_size = lr / bc1;
+    const bool fused = p.param.device().is_cpu() && p.param.scalar_type() == torch::kFloat32 &&
+                       g.scalar_type() == torch::kFloat32 && p.param.is_contiguous() && g.is_contiguous() &&
+                       p.exp_avg.is_contiguous() && p.exp_avg_sq.is_contiguous();
+    if (fused) {
+      AdamWConstants c;
+      c.decay = static_cast<float>(1.0 - lr * p.weight_decay);
+      c.beta1_weight = static_cast<float>(1.0 - spec_.beta1);
+      c.beta2 = static_cast<float>(spec_.beta2);
+      c.one_minus_beta2 = static_cast<float>(1.0 - spec_.beta2);
+      c.bias_correction2_sqrt = static_cast<float>(bc2_sqrt);
+      c.eps = static_cast<float>(spec_.eps);
+      c.neg_step_size = static_cast<float>(-step_size);
+      c.grad_scale = static_cast<float>(grad_scale);
+      AdamWUpdateF32(p.param.data_ptr<float>(), g.data_ptr<float>(), p.exp_avg.data_ptr<float>(),
+                     p.exp_avg_sq.data_ptr<float>(), p.param.numel(), c);
+      continue;
+    }
+    // Other dtypes, devices and layouts: the same update in ATen ops.
+    const torch::Tensor gs = grad_scale == 1.0 ? g : g * grad_scale;
+    p.param.mul_(1.0 - lr * p.weight_decay);
+    p.exp_avg.lerp_(gs, 1.0 - spec_.beta1);
+    p.exp_avg_sq.mul_(spec_.beta2).addcmul_(gs, gs, 1.0 - spec_.beta2);
     torch::Tensor denom = (p.exp_avg_sq.sqrt() / bc2_sqrt).add_(spec_.eps);
     p.param.addcdiv_(p.exp_avg, denom, -step_size);
   }

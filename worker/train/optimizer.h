@@ -33,9 +33,11 @@ class AdamW {
  public:
   AdamW(std::vector<OptimizedParam> params, const OptimizerSpec& spec);
 
-  // One update with base learning rate `lr` from each parameter's .grad(); a parameter
-  // without a gradient is skipped (as PyTorch does).
-  void Step(double lr);
+  // One update with base learning rate `lr` from each parameter's .grad() times grad_scale
+  // (gradient clipping's coefficient; the gradients themselves are left unchanged); a
+  // parameter without a gradient is skipped (as PyTorch does). Contiguous float32 CPU
+  // parameters take one fused pass (adamw_kernel.h), others the same update in ATen ops.
+  void Step(double lr, double grad_scale = 1.0);
   int64_t steps() const { return step_; }
 
   const std::vector<OptimizedParam>& params() const { return params_; }

@@ -283,19 +283,21 @@ Status StageRun::TrainStep(StepBatch& sb, bool* stop) {
   double grad_norm = 0;
   {
     torch::NoGradGuard no_grad;
-    for (const auto& p : optimizer_->params())
-      if (p.param.grad().defined()) grad_norm += p.param.grad().pow(2).sum().item<double>();
+    for (const auto& p : optimizer_->params()) {
+      const torch::Tensor& g = p.param.grad();
+      if (!g.defined()) continue;
+      // One read of the gradient (BLAS dot), no squared temporary.
+      const torch::Tensor flat = g.reshape({-1});
+      grad_norm += (g.scalar_type() == torch::kFloat32 ? flat.dot(flat) : flat.pow(2).sum()).item<double>();
+    }
     grad_norm = std::sqrt(grad_norm);
     last_grad_norm_ = grad_norm;
-    if (stage_.clip_grad_norm > 0) {
-      const double coef = stage_.clip_grad_norm / (grad_norm + 1e-6);
-      if (coef < 1.0)
-        for (const auto& p : optimizer_->params())
-          if (p.param.grad().defined()) p.param.grad().mul_(coef);
-    }
   }
+  // Clipping scales the gradients inside the optimizer's pass instead of in one of its own.
+  double clip = 1.0;
+  if (stage_.clip_grad_norm > 0) clip = std::min(1.0, stage_.clip_grad_norm / (grad_norm + 1e-6));
   lr_ = ScheduledLr(stage_.schedule, stage_.optimizer.lr, step_, total_steps_, steps_per_epoch_);
-  optimizer_->Step(lr_);
+  optimizer_->Step(lr_, clip);
   for (const auto& p : optimizer_->params()) p.param.mutable_grad() = torch::Tensor();
   cursor_ = sb.micro.back().cursor_after;
   ++step_;
