@@ -23,6 +23,8 @@ Status CommOptions::Validate() const {
   if (spin_before_yield < 0) return InvalidArgumentError("CommOptions.spin_before_yield must be >= 0");
   if (ring_min_chunk_bytes < 0) return InvalidArgumentError("CommOptions.ring_min_chunk_bytes must be >= 0");
   if (ring_segment_bytes < 1024) return InvalidArgumentError("CommOptions.ring_segment_bytes must be >= 1024");
+  if (halving_doubling_max_bytes < 0)
+    return InvalidArgumentError("CommOptions.halving_doubling_max_bytes must be >= 0 (0: always the ring)");
   return Status::OK();
 }
 

@@ -7,7 +7,9 @@
 //
 // All-reduce algorithm: tensors whose per-rank chunk is at least CommOptions::ring_min_chunk_bytes go through
 // vlorch's own ring (reduce-scatter then all-gather over MPI_Isend/MPI_Irecv, reductions by
-// ATen's vectorised kernels); smaller ones through MPI_Iallreduce. The ring matches or beats
+// ATen's vectorised kernels), or, for power-of-two groups of 4 or more and up to
+// CommOptions::halving_doubling_max_bytes, Rabenseifner's recursive halving then doubling (the
+// same bytes in 2 log2(n) steps instead of 2 (n - 1)); smaller ones through MPI_Iallreduce. The ring matches or beats
 // Open MPI's blocking MPI_Allreduce where libnbc's MPI_Iallreduce reaches ~0.6 of it
 // (ops/bench/allreduce), and every element is reduced by one rank and then copied, so all
 // ranks end bitwise identical.
@@ -72,6 +74,9 @@ class MpiCommunicator final : public Communicator {
                    MPI_Status* status_out = nullptr);
   // Ring all-reduce over point-to-point messages for large tensors (see the .cc).
   Status RingAllReduce(at::Tensor& flat, ReduceOp op);
+  Status HalvingDoublingAllReduce(at::Tensor& flat, ReduceOp op);
+  // Scratch for received data of at least `elements` of flat's dtype.
+  at::Tensor& Scratch(const at::Tensor& flat, int64_t elements);
   std::string CallName(const char* what) const;
 
   MPI_Comm comm_;

@@ -5,7 +5,8 @@
 // time of a round is the slowest rank's; the reported time is the median round.
 //   algbw = bytes / time          busbw = algbw * 2 (n - 1) / n   (nccl-tests' definitions)
 // Arguments: [max MiB=256] [rounds=7] [ring segment KiB] [min MiB] [polls before yielding]
-// [smallest per-rank chunk in KiB that takes the ring].
+// [smallest per-rank chunk in KiB that takes the ring] [largest all-reduce in KiB that takes
+// halving-doubling in power-of-two groups of 4+; 0: the ring].
 // Output: a table on rank 0, then "summary <np> <min ratio >= 1MB> <geomean ratio >= 1MB>".
 #include <mpi.h>
 
@@ -54,6 +55,7 @@ int main(int argc, char** argv) {
   if (argc > 4) min_bytes = std::atoll(argv[4]) << 20;
   if (argc > 5) opts.spin_before_yield = std::atoi(argv[5]);
   if (argc > 6) opts.ring_min_chunk_bytes = std::atoll(argv[6]) << 10;
+  if (argc > 7) opts.halving_doubling_max_bytes = std::atoll(argv[7]) << 10;
 
   MPI_Comm dup;
   MPI_Comm_dup(MPI_COMM_WORLD, &dup);

@@ -345,40 +345,44 @@ TEST(MpiCommunicatorTest, CollectiveThatAPeerNeverEntersTimesOut) {
   ASSERT_TRUE(world.Barrier().ok());
 }
 
-// The ring all-reduce (used for large tensors) forced onto small ones with 1 KiB segments,
-// so chunks are uneven, span several segments, and can be shorter than a segment. Besides the
+// The large-tensor all-reduces (the ring, and recursive halving/doubling, which power-of-two
+// groups of 4 or more use) forced onto small tensors with 1 KiB segments, so blocks are
+// uneven, span several segments, and can be shorter than a segment or empty. Besides the
 // values, every rank must end with bitwise the same tensor.
 TEST(MpiCommunicatorTest, RingAllReduceIsExactAndIdenticalOnEveryRank) {
   auto& world = MpiWorld();
-  comm::CommOptions ring;
-  ring.timeout = kTestTimeout;
-  ring.ring_min_chunk_bytes = 0;
-  ring.ring_segment_bytes = 1024;
-  auto c = world.Duplicate("ring", ring);
-  ASSERT_TRUE(c.ok());
   const int n = world.size(), r = world.rank();
-  for (at::ScalarType t : {at::kFloat, at::kBFloat16, at::kHalf, at::kLong}) {
-    for (int64_t count : {int64_t{1}, int64_t{7}, int64_t{1000}, int64_t{65537}}) {
-      for (ReduceOp op : {ReduceOp::kSum, ReduceOp::kMax, ReduceOp::kAvg}) {
-        at::Tensor idx = at::arange(count, at::kDouble);
-        at::Tensor x = (idx.fmod(5) + (r + 1) * ((idx.fmod(3)) + 1)).to(t);
-        at::Tensor want = at::zeros({count}, at::kDouble);
-        for (int q = 0; q < n; ++q) {
-          at::Tensor v = idx.fmod(5) + (q + 1) * ((idx.fmod(3)) + 1);
-          want = op == ReduceOp::kMax ? (q == 0 ? v : at::maximum(want, v)) : want + v;
+  for (bool halving_doubling : {false, true}) {
+    comm::CommOptions ring;
+    ring.timeout = kTestTimeout;
+    ring.ring_min_chunk_bytes = 0;
+    ring.ring_segment_bytes = 1024;
+    ring.halving_doubling_max_bytes = halving_doubling ? int64_t{1} << 40 : 0;
+    auto c = world.Duplicate(halving_doubling ? "halving-doubling" : "ring", ring);
+    ASSERT_TRUE(c.ok());
+    for (at::ScalarType t : {at::kFloat, at::kBFloat16, at::kHalf, at::kLong}) {
+      for (int64_t count : {int64_t{1}, int64_t{3}, int64_t{7}, int64_t{1000}, int64_t{65537}}) {
+        for (ReduceOp op : {ReduceOp::kSum, ReduceOp::kMax, ReduceOp::kAvg}) {
+          at::Tensor idx = at::arange(count, at::kDouble);
+          at::Tensor x = (idx.fmod(5) + (r + 1) * ((idx.fmod(3)) + 1)).to(t);
+          at::Tensor want = at::zeros({count}, at::kDouble);
+          for (int q = 0; q < n; ++q) {
+            at::Tensor v = idx.fmod(5) + (q + 1) * ((idx.fmod(3)) + 1);
+            want = op == ReduceOp::kMax ? (q == 0 ? v : at::maximum(want, v)) : want + v;
+          }
+          if (op == ReduceOp::kAvg) want = t == at::kLong ? at::div(want, n, "trunc") : want / n;
+          ASSERT_TRUE((*c)->AllReduce(x, op).ok());
+          std::string what = std::string(c10::toString(t)) + " " + comm::ReduceOpName(op) + " count " +
+                             std::to_string(count);
+          if (op == ReduceOp::kAvg && t != at::kLong && t != at::kFloat) {
+            // bf16/f16 averages round the quotient; compare against the rounded expectation.
+            want = want.to(t).to(at::kDouble);
+          }
+          ASSERT_TRUE(at::equal(x.to(at::kDouble), want)) << what;
+          at::Tensor all = at::empty({n * count}, x.options());
+          ASSERT_TRUE((*c)->AllGather(x, all).ok());
+          for (int q = 0; q < n; ++q) ASSERT_TRUE(at::equal(all.narrow(0, q * count, count), x)) << what;
         }
-        if (op == ReduceOp::kAvg) want = t == at::kLong ? at::div(want, n, "trunc") : want / n;
-        ASSERT_TRUE((*c)->AllReduce(x, op).ok());
-        std::string what = std::string(c10::toString(t)) + " " + comm::ReduceOpName(op) + " count " +
-                           std::to_string(count);
-        if (op == ReduceOp::kAvg && t != at::kLong && t != at::kFloat) {
-          // bf16/f16 averages round the quotient; compare against the rounded expectation.
-          want = want.to(t).to(at::kDouble);
-        }
-        ASSERT_TRUE(at::equal(x.to(at::kDouble), want)) << what;
-        at::Tensor all = at::empty({n * count}, x.options());
-        ASSERT_TRUE((*c)->AllGather(x, all).ok());
-        for (int q = 0; q < n; ++q) ASSERT_TRUE(at::equal(all.narrow(0, q * count, count), x)) << what;
       }
     }
   }
