@@ -10,8 +10,8 @@
 // values of every real token are still computed there. Only attention itself runs on the
 // padded [B, L] grid, with the same causal and padding bias as before. Every returned logit is
 // the one the dense computation gives for that position (rows not computed are rows no
-// returned value depends on); a batch of captions padded to its longest with a prompt and
-// image slots before each label saves a sixth to a third of the decoder's arithmetic.
+// returned value depends on). On ops/bench/train's caption batches (padded to the longest, BOS
+// and 16 image slots before each caption) that is about a sixth of the decoder's matrix work.
 #include <cmath>
 
 #include "worker/models/modules.h"
@@ -30,7 +30,7 @@ struct TokenGrid {
   int64_t batch = 0, length = 0;
   torch::Tensor real;  // [N] the real tokens' positions, ascending
 
-  TokenGrid(const torch::Tensor& attention_mask)
+  explicit TokenGrid(const torch::Tensor& attention_mask)
       : batch(attention_mask.size(0)), length(attention_mask.size(1)),
         real(attention_mask.reshape({-1}).nonzero().reshape({-1})) {}
 
