@@ -185,6 +185,14 @@ Status MpiCommunicator::WaitRange(const char* what, std::vector<MPI_Request>& re
   }
 }
 
+namespace {
+// dst op= src for the large all-reduces (sum, or max; avg divides afterwards).
+void ReduceInto(at::Tensor dst, const at::Tensor& src, ReduceOp op) {
+  if (op == ReduceOp::kMax) at::maximum_out(dst, dst, src);
+  else dst.add_(src);
+}
+}  // namespace
+
 // Ring all-reduce, for n ranks and a flat tensor of N elements cut into n near-equal chunks:
 //  1. reduce-scatter: in step s (0..n-2) rank r sends chunk (r - s) mod n to rank r+1 and
 //     receives chunk (r - s - 1) mod n from rank r-1 into scratch, then reduces it into place.
@@ -242,10 +250,8 @@ Status MpiCommunicator::RingAllReduce(at::Tensor& flat, ReduceOp op) {
     for (int64_t k = 0; k < rsegs; ++k) {
       RETURN_IF_ERROR(WaitRange(what, reqs, k, 1, keep, begin));
       if (!reduce) continue;
-      at::Tensor dst = flat.narrow(0, chunk_begin(recv_c) + k * seg, seg_len(recv_c, k));
-      at::Tensor src = scratch.narrow(0, k * seg, seg_len(recv_c, k));
-      if (op == ReduceOp::kMax) at::maximum_out(dst, dst, src);
-      else dst.add_(src);
+      ReduceInto(flat.narrow(0, chunk_begin(recv_c) + k * seg, seg_len(recv_c, k)),
+                 scratch.narrow(0, k * seg, seg_len(recv_c, k)), op);
       if (forward) {
         ASSIGN_OR_RETURN(auto guard, MpiCallGuard::Acquire(what));
         MPI_Isend(at_chunk(recv_c, k), seg_len(recv_c, k), type, next, kGatherTag, comm_, &fq[k]);
@@ -318,10 +324,7 @@ Status MpiCommunicator::HalvingDoublingAllReduce(at::Tensor& flat, ReduceOp op) 
       RETURN_IF_ERROR(WaitRange(what, reqs, k, 1, keep, begin));
       if (!reduce) continue;
       const int64_t off = k * seg, len = std::min(seg, r1 - r0 - off);
-      at::Tensor dst = flat.narrow(0, r0 + off, len);
-      at::Tensor src = scratch.narrow(0, off, len);
-      if (op == ReduceOp::kMax) at::maximum_out(dst, dst, src);
-      else dst.add_(src);
+      ReduceInto(flat.narrow(0, r0 + off, len), scratch.narrow(0, off, len), op);
     }
     return WaitRange(what, reqs, rsegs, ssegs, keep, begin);
   };
