@@ -1,5 +1,6 @@
 #include "dataflow/pipeline.h"
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <map>
@@ -21,6 +22,7 @@ Status PipelineOptions::Validate() const {
   if (batch_size < 1) return InvalidArgumentError("batch size must be >= 1");
   if (tokenizer == nullptr) return InvalidArgumentError("the data pipeline needs a tokenizer");
   if (workers < 1 || prefetch < 1) return InvalidArgumentError("workers and prefetch must be >= 1");
+  if (balance_group < 0) return InvalidArgumentError("balance_group must be >= 0 (0: the whole dp group)");
   if (!start.taken.empty() && start.taken.size() != stores.size())
     return InvalidArgumentError(fmt::format("the cursor has {} sources but the mixture has {}", start.taken.size(),
                                             stores.size()));
@@ -42,6 +44,46 @@ struct DataPipeline::Rep {
   PipelineMetrics metrics;
   std::chrono::steady_clock::time_point opened = std::chrono::steady_clock::now();
   std::vector<std::thread> threads;
+
+  // A sample's share of the step's work: its token count after template and tokenizer. A
+  // sample that will be skipped costs 0. Every rank of a balance group computes the same.
+  StatusOr<int64_t> TokenCost(const SourceSample& s) {
+    auto got = stores[s.source]->Get(s.index, /*with_image=*/false);
+    if (!got.ok()) {
+      if (got.status().code() == StatusCode::kCorruption) return int64_t{0};  // its owner logs and skips it
+      return got.status();
+    }
+    auto enc = EncodeSample(options.prompt_template, *options.tokenizer, got->record, options.max_len);
+    return enc.ok() ? static_cast<int64_t>(enc->input_ids.size()) : int64_t{0};
+  }
+
+  // This rank's samples of a group step: its contiguous slice, or its token-balanced share
+  // of its balance group's slices.
+  StatusOr<std::vector<SourceSample>> Place(const std::vector<SourceSample>& group) {
+    const int dp = options.dp, rank = options.rank;
+    if (!options.balance_tokens || dp == 1) {
+      const auto [lo, hi] = RankSlice(group.size(), dp, rank);
+      return std::vector<SourceSample>(group.begin() + static_cast<std::ptrdiff_t>(lo),
+                                       group.begin() + static_cast<std::ptrdiff_t>(hi));
+    }
+    const int size = options.balance_group > 0 ? std::min(options.balance_group, dp) : dp;
+    const int first = rank / size * size, end = std::min(dp, first + size);  // the group: ranks [first, end)
+    const uint64_t lo = RankSlice(group.size(), dp, first).first, hi = RankSlice(group.size(), dp, end - 1).second;
+    std::vector<uint64_t> capacity;
+    for (int r = first; r < end; ++r) {
+      const auto [a, b] = RankSlice(group.size(), dp, r);
+      capacity.push_back(b - a);
+    }
+    std::vector<int64_t> cost(hi - lo);
+    for (uint64_t k = lo; k < hi; ++k) {
+      ASSIGN_OR_RETURN(cost[k - lo], TokenCost(group[k]));
+    }
+    const std::vector<int> owner = BalanceSlots(cost, capacity);
+    std::vector<SourceSample> mine;
+    for (uint64_t k = lo; k < hi; ++k)
+      if (owner[k - lo] == rank - first) mine.push_back(group[k]);
+    return mine;
+  }
 
   StatusOr<PipelineBatch> Build(const std::vector<SourceSample>& plan, const Cursor& after) {
     std::vector<CollateInput> inputs;
@@ -85,7 +127,7 @@ struct DataPipeline::Rep {
 
   void Work() {
     for (;;) {
-      std::vector<SourceSample> plan;
+      std::vector<SourceSample> group;
       Cursor after;
       uint64_t step;
       {
@@ -93,10 +135,11 @@ struct DataPipeline::Rep {
         cv.wait(lock, [&] { return stopping || reserved - consumed < static_cast<uint64_t>(options.prefetch); });
         if (stopping) return;
         step = reserved++;
-        plan = stream->NextStep(cursor, options.dp, options.rank, options.batch_size, &after);
+        group = stream->NextGroupStep(cursor, options.dp, options.batch_size, &after);
         cursor = after;
       }
-      StatusOr<PipelineBatch> result = Build(plan, after);
+      StatusOr<std::vector<SourceSample>> plan = Place(group);
+      StatusOr<PipelineBatch> result = plan.ok() ? Build(*plan, after) : StatusOr<PipelineBatch>(plan.status());
       {
         std::lock_guard<std::mutex> lock(mu);
         ready.emplace(step, std::move(result));

@@ -1,6 +1,7 @@
 // DataPipeline: shard stores -> batches for one rank, prefetched by worker threads.
 //
-//   order/placement (MixedStream) -> read samples (ShardStore) -> template + tokenizer
+//   order (MixedStream) -> placement (contiguous, or token-balanced over the dp group)
+//   -> read samples (ShardStore) -> template + tokenizer
 //   -> collate (images decoded into the batch) -> bounded in-order queue -> Next()
 //
 // Workers reserve steps in order under a lock (advancing the cursor is cheap integer work),
@@ -42,6 +43,15 @@ struct PipelineOptions {
   CollateOptions collate;
   int workers = 2;    // batch-building threads. Default 2.
   int prefetch = 4;   // batches built ahead of the consumer. Default 4.
+  // Token balancing over the dp group: each step's samples are redistributed among the ranks
+  // so that their token counts (the work of a padding-free model) match; every rank keeps its
+  // sample count and the cursor and the step's samples do not change. It costs each rank one
+  // record read and one tokenisation per sample of its balance group, in the workers.
+  // Default true (nothing to do at dp = 1).
+  bool balance_tokens = true;
+  // Ranks balanced together: consecutive groups of this many (0: the whole dp group), which
+  // bounds that cost at large dp. Default 8.
+  int balance_group = 8;
   Cursor start;       // empty: the beginning
 
   Status Validate() const;

@@ -182,23 +182,50 @@ SourceSample MixedStream::Take(Cursor* c) const {
   return {i, k / n, orders_[i].At(k / n, k % n)};
 }
 
-std::vector<SourceSample> MixedStream::NextStep(const Cursor& c, int dp, int rank, uint64_t batch, Cursor* after) const {
+std::pair<uint64_t, uint64_t> RankSlice(uint64_t slots, int dp, int rank) {
+  // [slots*r/dp, slots*(r+1)/dp): b*r when the step is full, an even split of an epoch's tail.
+  return {slots * static_cast<uint64_t>(rank) / static_cast<uint64_t>(dp),
+          slots * static_cast<uint64_t>(rank + 1) / static_cast<uint64_t>(dp)};
+}
+
+std::vector<SourceSample> MixedStream::NextGroupStep(const Cursor& c, int dp, uint64_t batch, Cursor* after) const {
   uint64_t global = static_cast<uint64_t>(dp) * batch;
   if (orders_.size() == 1) {
     const uint64_t n = orders_[0].size();
     const uint64_t left = n - c.taken[0] % n;  // what remains of the current epoch
     global = std::min(global, left);
   }
-  // Rank r's share of `global` slots: [global*r/dp, global*(r+1)/dp); equal to b*r when full.
-  const uint64_t lo = global * rank / dp, hi = global * (rank + 1) / dp;
   std::vector<SourceSample> out;
+  out.reserve(global);
   Cursor cur = c;
-  for (uint64_t k = 0; k < global; ++k) {
-    SourceSample s = Take(&cur);
-    if (k >= lo && k < hi) out.push_back(s);
-  }
+  for (uint64_t k = 0; k < global; ++k) out.push_back(Take(&cur));
   if (after != nullptr) *after = cur;
   return out;
+}
+
+std::vector<SourceSample> MixedStream::NextStep(const Cursor& c, int dp, int rank, uint64_t batch, Cursor* after) const {
+  std::vector<SourceSample> all = NextGroupStep(c, dp, batch, after);
+  const auto [lo, hi] = RankSlice(all.size(), dp, rank);
+  return std::vector<SourceSample>(all.begin() + static_cast<std::ptrdiff_t>(lo), all.begin() + static_cast<std::ptrdiff_t>(hi));
+}
+
+std::vector<int> BalanceSlots(const std::vector<int64_t>& cost, const std::vector<uint64_t>& capacity) {
+  std::vector<size_t> by_cost(cost.size());
+  for (size_t k = 0; k < by_cost.size(); ++k) by_cost[k] = k;
+  std::stable_sort(by_cost.begin(), by_cost.end(), [&](size_t a, size_t b) { return cost[a] > cost[b]; });
+  std::vector<int64_t> load(capacity.size(), 0);
+  std::vector<uint64_t> room = capacity;
+  std::vector<int> owner(cost.size(), -1);
+  for (size_t k : by_cost) {
+    int best = -1;
+    for (size_t r = 0; r < room.size(); ++r)
+      if (room[r] > 0 && (best < 0 || load[r] < load[static_cast<size_t>(best)])) best = static_cast<int>(r);
+    if (best < 0) break;  // capacities sum to less than the slots: the caller's bug; leave -1
+    owner[k] = best;
+    load[static_cast<size_t>(best)] += cost[k];
+    --room[static_cast<size_t>(best)];
+  }
+  return owner;
 }
 
 }  // namespace vlorch::dataflow

@@ -13,6 +13,10 @@
 // is the global position, so a run checkpointed at one dp size resumes at another and still
 // sees every remaining sample of the epoch exactly once.
 //
+// Token balancing (optional, the pipeline's default for dp > 1): the same slots of a step are
+// redistributed among the ranks so that each keeps its sample count and the ranks' token sums
+// are close (BalanceSlots). The cursor and the step's set of samples do not change.
+//
 // Mixtures of several datasets with weights: slot k of the mixed stream goes to the source
 // with the largest deficit w_i*(k+1) - taken_i + offset_i (offsets seeded, in [0, 1)), so each
 // source's share of any window of consecutive slots stays within a couple of samples of its
@@ -22,6 +26,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/status.h"
@@ -89,6 +94,8 @@ class MixedStream {
   // `epoch_end` limits the step to what is left of the current epoch (the tail is split
   // evenly across ranks); mixtures have no epoch boundary.
   std::vector<SourceSample> NextStep(const Cursor& c, int dp, int rank, uint64_t batch, Cursor* after) const;
+  // Every slot of the group's next step, in slot order (rank r's are RankSlice(size, dp, r)).
+  std::vector<SourceSample> NextGroupStep(const Cursor& c, int dp, uint64_t batch, Cursor* after) const;
   Cursor Start() const;
 
  private:
@@ -96,5 +103,14 @@ class MixedStream {
   std::vector<double> weights_;   // normalised
   std::vector<double> offsets_;   // seeded, in [0, 1)
 };
+
+// Rank r's contiguous share [first, second) of a group step of `slots` slots.
+std::pair<uint64_t, uint64_t> RankSlice(uint64_t slots, int dp, int rank);
+
+// Assigns each slot of a step to a rank: rank r receives exactly capacity[r] slots, and the
+// ranks' sums of `cost` are balanced by the longest-first greedy rule (each slot, costliest
+// first, goes to the least loaded rank with room; ties: the earlier slot, the lower rank).
+// The total of `capacity` must equal cost.size(). Returns the owner of each slot.
+std::vector<int> BalanceSlots(const std::vector<int64_t>& cost, const std::vector<uint64_t>& capacity);
 
 }  // namespace vlorch::dataflow

@@ -216,6 +216,8 @@ Status ReadData(MapReader& r, DataSpec* d) {
   RETURN_IF_ERROR(r.GetRange<uint64_t>("shuffle_window", &d->shuffle_window, 1, uint64_t{1} << 32));
   RETURN_IF_ERROR(r.GetRange("workers", &d->workers, 1, 256));
   RETURN_IF_ERROR(r.GetRange("prefetch", &d->prefetch, 1, 1024));
+  RETURN_IF_ERROR(r.Get("balance_tokens", &d->balance_tokens));
+  RETURN_IF_ERROR(r.GetRange("balance_group", &d->balance_group, 0, 1 << 20));
   return r.Nested("tokenizer", [&](MapReader& s) {
     RETURN_IF_ERROR(s.GetChoice("kind", &d->tokenizer.kind, {"byte", "gpt2", "sentencepiece"}));
     RETURN_IF_ERROR(s.Get("vocab", &d->tokenizer.vocab));

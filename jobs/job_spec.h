@@ -30,6 +30,10 @@ struct DataSpec {
   uint64_t shuffle_window = 8192;
   int workers = 2;                  // batch-building threads per rank
   int prefetch = 4;
+  // Redistribute each step's samples among the dp ranks so their token counts match
+  // (dataflow::PipelineOptions::balance_tokens). Default true.
+  bool balance_tokens = true;
+  int balance_group = 8;            // ranks balanced together; 0: the whole dp group
 };
 
 // External weights loaded into the model before a stage starts (safetensors file, or a

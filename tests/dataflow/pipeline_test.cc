@@ -7,7 +7,9 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <climits>
 #include <map>
+#include <set>
 
 #include "sharding/dataset_gen.h"
 #include "sharding/ingest.h"
@@ -161,6 +163,44 @@ TEST(PipelineTest, ResumeAtAnotherDpSizeCoversTheEpochExactlyOnce) {
     run(dp2, *Cursor::Parse(checkpoint.Serialize()), 0);
     EXPECT_EQ(seen.size(), n) << "dp " << dp1 << " -> " << dp2;
     for (const auto& [k, times] : seen) EXPECT_EQ(times, 1) << k << " (dp " << dp1 << " -> " << dp2 << ")";
+  }
+}
+
+int64_t RealTokens(const Batch& b) { return b.keys.empty() ? 0 : b.attention_mask.sum().item<int64_t>(); }
+
+// Token balancing moves samples between the ranks of a step and nothing else: each step
+// consumes the same samples with the same per-rank counts as contiguous placement, and the
+// ranks' token counts end up much closer (this store's samples range over ~2x in length).
+TEST(PipelineTest, TokenBalancingKeepsEachStepsSamplesAndEvensTheRanksTokens) {
+  for (int dp : {2, 3}) {
+    std::vector<std::unique_ptr<DataPipeline>> bal, plain;
+    for (int r = 0; r < dp; ++r) {
+      PipelineOptions o = Options(dp, r);
+      bal.push_back(std::move(DataPipeline::Open(o)).value());
+      o.balance_tokens = false;
+      plain.push_back(std::move(DataPipeline::Open(o)).value());
+    }
+    int64_t spread_bal = 0, spread_plain = 0;
+    for (int t = 0; t < 6; ++t) {
+      std::multiset<std::string> keys_bal, keys_plain;
+      int64_t lo_b = INT64_MAX, hi_b = 0, lo_p = INT64_MAX, hi_p = 0;
+      for (int r = 0; r < dp; ++r) {
+        auto b = bal[r]->Next();
+        auto p = plain[r]->Next();
+        ASSERT_TRUE(b.ok() && p.ok());
+        EXPECT_EQ(b->cursor_after, p->cursor_after) << "step " << t;
+        EXPECT_EQ(b->batch.keys.size(), p->batch.keys.size()) << "rank " << r << " step " << t;
+        keys_bal.insert(b->batch.keys.begin(), b->batch.keys.end());
+        keys_plain.insert(p->batch.keys.begin(), p->batch.keys.end());
+        lo_b = std::min(lo_b, RealTokens(b->batch)), hi_b = std::max(hi_b, RealTokens(b->batch));
+        lo_p = std::min(lo_p, RealTokens(p->batch)), hi_p = std::max(hi_p, RealTokens(p->batch));
+      }
+      EXPECT_EQ(keys_bal, keys_plain) << "dp " << dp << " step " << t;
+      spread_bal += hi_b - lo_b;
+      spread_plain += hi_p - lo_p;
+    }
+    EXPECT_GT(spread_plain, 0);
+    EXPECT_LT(spread_bal * 3, spread_plain) << "dp " << dp << ": balanced " << spread_bal << " vs contiguous " << spread_plain;
   }
 }
 

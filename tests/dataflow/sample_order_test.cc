@@ -1,6 +1,8 @@
 #include "dataflow/sample_order.h"
 
+#include <algorithm>
 #include <map>
+#include <random>
 #include <set>
 
 #include <gtest/gtest.h>
@@ -30,7 +32,9 @@ TEST(SampleOrderTest, EachEpochIsAPermutationAndEpochsDiffer) {
     EXPECT_EQ(s0.size(), n);
     EXPECT_EQ(s1.size(), n);
     EXPECT_EQ(*s0.rbegin(), n - 1);
-    if (n > 10) EXPECT_NE(e0, e1) << "epochs must be shuffled differently";
+    if (n > 10) {
+      EXPECT_NE(e0, e1) << "epochs must be shuffled differently";
+    }
   }
 }
 
@@ -51,7 +55,9 @@ TEST(SampleOrderTest, DeterministicAndSeeded) {
 TEST(SampleOrderTest, WindowOneKeepsShardsContiguous) {
   auto o = *SampleOrder::Create(Opts(1000, 100, 1, 5));
   for (uint64_t p = 0; p < 1000; ++p) {
-    if (p % 100) EXPECT_EQ(o.At(0, p), o.At(0, p - 1) + 1);
+    if (p % 100) {
+      EXPECT_EQ(o.At(0, p), o.At(0, p - 1) + 1);
+    }
   }
 }
 
@@ -158,6 +164,60 @@ TEST(MixtureTest, BadSpecsAreErrors) {
   EXPECT_FALSE(MixedStream::Create({Opts(10, 4, 4, 1)}, {0}, 1).ok());
   EXPECT_FALSE(MixedStream::Create({Opts(0, 4, 4, 1)}, {1}, 1).ok());
   EXPECT_FALSE(SampleOrder::Create(Opts(10, 0, 4, 1)).ok());
+}
+
+// The group step is every rank's NextStep concatenated, and RankSlice says where each is.
+TEST(PlacementTest, GroupStepIsTheRanksStepsConcatenated) {
+  auto m = MixedStream::Create({Opts(50, 8, 16, 3)}, {1.0}, 3);
+  ASSERT_TRUE(m.ok());
+  Cursor c = m->Start();
+  for (int t = 0; t < 6; ++t) {  // 6 steps of 3 x 4 cross the epoch's end (50 = 4 x 12 + 2)
+    Cursor after;
+    std::vector<SourceSample> group = m->NextGroupStep(c, 3, 4, &after);
+    ASSERT_LE(group.size(), 12u);
+    for (int r = 0; r < 3; ++r) {
+      Cursor ra;
+      std::vector<SourceSample> mine = m->NextStep(c, 3, r, 4, &ra);
+      EXPECT_EQ(ra, after);
+      const auto [lo, hi] = RankSlice(group.size(), 3, r);
+      ASSERT_EQ(mine.size(), hi - lo);
+      for (uint64_t k = lo; k < hi; ++k) EXPECT_EQ(mine[k - lo].index, group[k].index);
+    }
+    c = after;
+  }
+}
+
+TEST(BalanceSlotsTest, KeepsCapacitiesAndEvensTheLoads) {
+  std::mt19937_64 rng{11};
+  for (int trial = 0; trial < 200; ++trial) {
+    const int ranks = 2 + trial % 7;
+    std::vector<uint64_t> capacity;
+    uint64_t total = 0;
+    for (int r = 0; r < ranks; ++r) capacity.push_back(1 + rng() % 9), total += capacity.back();
+    std::vector<int64_t> cost(total);
+    int64_t biggest = 0;
+    for (auto& c : cost) c = 20 + static_cast<int64_t>(rng() % 200), biggest = std::max(biggest, c);
+    std::vector<int> owner = BalanceSlots(cost, capacity);
+    ASSERT_EQ(owner.size(), total);
+    std::vector<uint64_t> got(ranks, 0);
+    std::vector<int64_t> load(ranks, 0);
+    for (size_t k = 0; k < total; ++k) {
+      ASSERT_GE(owner[k], 0);
+      ASSERT_LT(owner[k], ranks);
+      ++got[owner[k]];
+      load[owner[k]] += cost[k];
+    }
+    EXPECT_EQ(got, capacity) << "trial " << trial;
+    if (std::all_of(capacity.begin(), capacity.end(), [&](uint64_t c) { return c == capacity[0]; })) {
+      // Equal counts: longest-first leaves the ranks within one sample of each other.
+      auto [lo, hi] = std::minmax_element(load.begin(), load.end());
+      EXPECT_LE(*hi - *lo, biggest) << "trial " << trial;
+    }
+    EXPECT_EQ(BalanceSlots(cost, capacity), owner) << "deterministic";
+  }
+  // Costs already balanced by position: unchanged loads; ties go to the lower rank.
+  EXPECT_EQ(BalanceSlots({5, 5, 5, 5}, {2, 2}), (std::vector<int>{0, 1, 0, 1}));
+  EXPECT_EQ(BalanceSlots({9, 1, 8, 2}, {2, 2}), (std::vector<int>{0, 0, 1, 1}));  // 10 and 10
 }
 
 }  // namespace

@@ -52,6 +52,8 @@ dataflow::PipelineOptions StagePipelineOptions(const JobSpec& job, const DataSpe
   po.collate.image.size = model.vision.image_size;
   po.workers = data.workers;
   po.prefetch = data.prefetch;
+  po.balance_tokens = data.balance_tokens;
+  po.balance_group = data.balance_group;
   return po;
 }
 
