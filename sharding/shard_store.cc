@@ -190,7 +190,13 @@ StatusOr<Sample> ShardStore::Get(uint64_t index, bool with_image) const {
   out.index = index;
   ASSIGN_OR_RETURN(out.record, DecodeRecord(value, where));
   if (with_image && out.record.image_bytes > 0) {
-    rocksdb::Status s = rep_->db->Get(rocksdb::ReadOptions(), rep_->cf[kImages], IndexKey(index), &out.image);
+    // The record's CRC32C covers the image bytes end to end (hardware CRC32C), so RocksDB's
+    // own blob checksum is not recomputed here: Debian's portable RocksDB build computes it
+    // with a table loop that was 40 % of a warm Get (33k -> 59k reads/s without it). `vlorch
+    // shards verify` still runs RocksDB's full checksum pass (VerifyStorageChecksums).
+    rocksdb::ReadOptions image_read;
+    image_read.verify_checksums = false;
+    rocksdb::Status s = rep_->db->Get(image_read, rep_->cf[kImages], IndexKey(index), &out.image);
     if (s.IsNotFound()) return CorruptionError(where + ": image is missing");
     RETURN_IF_ERROR(FromRocks(s, where));
     if (out.image.size() != out.record.image_bytes || Crc32c(out.image) != out.record.image_crc32c)
@@ -280,6 +286,27 @@ Status ShardStore::Commit(Batch& batch) {
   RETURN_IF_ERROR(FromRocks(r.db->Write(wo, &wb), fmt::format("writing to shard store '{}'", dir_)));
   next_index_ = next;
   return Status::OK();
+}
+
+Status ShardStore::VerifyStorageChecksums() const {
+  const std::string where = fmt::format("verifying the files of store '{}'", dir_);
+  try {
+    // Table files, block by block. RocksDB 7.8's VerifyChecksum does not read blob files, so
+    // every image is then read through RocksDB with its blob checksum verified.
+    RETURN_IF_ERROR(FromRocks(rep_->db->VerifyChecksum(), where));
+    rocksdb::ReadOptions ro;
+    ro.verify_checksums = true;
+    ro.fill_cache = false;
+    std::unique_ptr<rocksdb::Iterator> it(rep_->db->NewIterator(ro, rep_->cf[kImages]));
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      (void)it->value();  // loads the blob: its record's checksum is verified here
+      if (!it->status().ok())
+        return FromRocks(it->status(), fmt::format("{}: image of sample {}", where, DecodeIndexKey(it->key().ToString())));
+    }
+    return FromRocks(it->status(), where);
+  } catch (const std::exception& e) {
+    return InternalError(fmt::format("{}: {}", where, e.what()));
+  }
 }
 
 StatusOr<std::vector<ShardStore::ShardInfo>> ShardStore::ComputeShardInfo() const {

@@ -130,6 +130,10 @@ class ShardStore {
     }
   };
   StatusOr<std::vector<ShardInfo>> ComputeShardInfo() const;
+  // RocksDB's own checksum pass over every table and blob file (every block, every blob
+  // record). Get() checks an image against its record's CRC32C instead of RocksDB's blob
+  // checksum; this is the full check behind `vlorch shards verify`.
+  Status VerifyStorageChecksums() const;
   // Stores the manifest (JSON, docs/shard-store.md) computed now; the ingest calls it at its end.
   Status WriteManifest();
   struct Manifest {

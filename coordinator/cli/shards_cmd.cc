@@ -281,6 +281,11 @@ void AddShardsCommands(CLI::App& app, int* rc) {
         }
       }
     }
+    // Every block and blob record against RocksDB's own checksums.
+    if (Status c = (*store)->VerifyStorageChecksums(); !c.ok()) {
+      ++bad;
+      std::printf("%s\n", c.message().c_str());
+    }
     // The manifest's per-shard counts and checksums against the records as they are now.
     auto manifest = (*store)->ReadManifest();
     auto shards = (*store)->ComputeShardInfo();
