@@ -1,15 +1,21 @@
 // Random-sample reads from a shard store vs sequential reads of the source tars.
 //
 // usage: bench_shard_read tar|store STORE SAMPLES TAR...   (one phase per run, so the
-// caller can drop the page cache before each)
+// caller can drop the page cache before each); VLORCH_BENCH_READERS=N (default 1): the store
+// phase reads with N threads, as a loader's reader pool does
 // Baseline: every member of every tar read in order with libarchive (what a tar-streaming
 // loader does), counted as samples/s (one sample = one .jpg member). Store: SAMPLES reads of
-// uniformly random indices with their images (what a shuffling loader does). Same process,
+// uniformly random indices with their images (what a shuffling loader does), split over
+// the reader threads. Same process,
 // page cache state as the caller leaves it; prints "summary <phase>_sps=X".
 #include <archive.h>
 #include <archive_entry.h>
 
+#include <atomic>
+#include <algorithm>
 #include <chrono>
+#include <cstdlib>
+#include <thread>
 #include <cstdio>
 #include <random>
 #include <string>
@@ -62,20 +68,29 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "%s\n", store.status().ToString().c_str());
     return 1;
   }
-  std::mt19937_64 rng(42);
   const uint64_t n = (*store)->num_samples();
-  size_t bytes = 0;
+  const char* readers = std::getenv("VLORCH_BENCH_READERS");
+  const int threads = std::max(1, readers ? std::atoi(readers) : 1);
+  std::atomic<size_t> bytes{0};
+  std::atomic<bool> failed{false};
   double t0 = Now();
-  for (long i = 0; i < samples; ++i) {
-    auto s = (*store)->Get(rng() % n, true);
-    if (!s.ok()) {
-      std::fprintf(stderr, "%s\n", s.status().ToString().c_str());
-      return 1;
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) pool.emplace_back([&, t] {
+    std::mt19937_64 rng(42 + t);
+    for (long i = t; i < samples; i += threads) {
+      auto s = (*store)->Get(rng() % n, true);
+      if (!s.ok()) {
+        std::fprintf(stderr, "%s\n", s.status().ToString().c_str());
+        failed = true;
+        return;
+      }
+      bytes += s->image.size();
     }
-    bytes += s->image.size();
-  }
+  });
+  for (auto& th : pool) th.join();
+  if (failed) return 1;
   double store_s = Now() - t0;
-  std::printf("store random:   %ld samples, %.1f MB in %.3f s = %.0f samples/s\n", samples, bytes / 1e6, store_s,
+  std::printf("store random, %d reader(s): %ld samples, %.1f MB in %.3f s = %.0f samples/s\n", threads, samples, bytes.load() / 1e6, store_s,
               samples / store_s);
   std::printf("summary store_sps=%.1f\n", samples / store_s);
   return 0;
