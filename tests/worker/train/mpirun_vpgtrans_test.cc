@@ -202,8 +202,11 @@ TEST_F(MpirunVpgTrans, KilledAnywhereResumesToTheSameBytes) {
   for (const Kill& k : kills) {
     std::string log;
     const int rc = Run(run, k.fault.empty() ? "" : "VLORCH_FAULT=" + k.fault, &log);
-    if (k.fault.empty()) ASSERT_EQ(rc, 0) << log;
-    else ASSERT_NE(rc, 0) << k.fault << " did not fire:\n" << log;
+    if (k.fault.empty()) {
+      ASSERT_EQ(rc, 0) << log;
+    } else {
+      ASSERT_NE(rc, 0) << k.fault << " did not fire:\n" << log;
+    }
     for (const auto& s : k.sealed_before)
       EXPECT_NE(log.find(fmt::format("stage '{}' is already done", s)), std::string::npos)
           << s << " ran again with " << k.fault << "\n" << log;
