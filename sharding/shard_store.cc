@@ -117,6 +117,9 @@ StatusOr<std::unique_ptr<ShardStore>> ShardStore::Open(const std::string& dir, c
   // without its samples and images (bulk_load commits skip the WAL).
   dbo.atomic_flush = true;
   dbo.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
+  // Start writeback every 1 MiB of table or blob file written (sync_file_range), so the
+  // closing fsyncs find little left to write.
+  dbo.bytes_per_sync = 1ull << 20;
   std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
   for (int i = 0; i < kNumCf; ++i) {
     rocksdb::ColumnFamilyOptions co;
@@ -127,7 +130,11 @@ StatusOr<std::unique_ptr<ShardStore>> ShardStore::Open(const std::string& dir, c
       co.min_blob_size = 0;
       co.blob_file_size = 256ull << 20;
       co.blob_compression_type = rocksdb::kNoCompression;
-      co.write_buffer_size = 128ull << 20;
+      // 32 MiB memtables: an ingest flushes images to blob files every 32 MiB in the
+      // background while it validates, instead of holding 128 MiB and writing most of it in
+      // the final flush (4000 images, 205 MB: 1.87 -> 1.77 s mean of four alternating runs,
+      // with bytes_per_sync below).
+      co.write_buffer_size = 32ull << 20;
     }
     cfs.emplace_back(kCfNames[i], co);
   }
