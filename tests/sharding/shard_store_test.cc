@@ -6,6 +6,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <iterator>
 
 #include <gtest/gtest.h>
@@ -155,31 +156,41 @@ std::string ReadAll(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(f), {});
 }
 
+// Fills a store with 6 samples, moves the images into a blob file (by reopening), flips the
+// byte of that file at `where(file bytes)`, and reopens it read-only.
+std::unique_ptr<ShardStore> DamagedStore(const std::string& name, const std::function<size_t(const std::string&)>& where) {
+  std::string dir = FreshDir(name);
+  Fill(dir, 6);
+  {
+    ShardStoreOptions o;
+    auto s = ShardStore::Open(dir, o);
+    EXPECT_TRUE(s.ok());
+  }
+  const std::string blob = BlobFile(dir);
+  EXPECT_FALSE(blob.empty()) << "images should be in a blob file after reopening";
+  const size_t at = where(ReadAll(blob));
+  EXPECT_NE(at, std::string::npos);
+  if (blob.empty() || at == std::string::npos) return nullptr;
+  FlipByte(blob, static_cast<std::streamoff>(at));
+  ShardStoreOptions ro;
+  ro.read_only = true;
+  auto store = ShardStore::Open(dir, ro);
+  EXPECT_TRUE(store.ok());
+  return store.ok() ? std::move(store).value() : nullptr;
+}
+
 // A damaged byte inside an image is caught by the record's CRC32C on every read (RocksDB's
 // blob checksum is not recomputed on the read path), only that sample fails, and the full
 // storage pass behind `vlorch shards verify` fails too.
 TEST(ShardStoreTest, CorruptImageIsDetected) {
-  std::string dir = FreshDir("corrupt");
-  Fill(dir, 6);
-  {
-    // Compact so the images land in a blob file (they are in the WAL/memtable before).
-    ShardStoreOptions o;
-    auto s = ShardStore::Open(dir, o);
-    ASSERT_TRUE(s.ok());
-  }
-  const std::string blob = BlobFile(dir);
-  ASSERT_FALSE(blob.empty()) << "images should be in a blob file after reopening";
   // Sample 2's image is 1002 bytes of 'c': damage its middle.
-  const std::string bytes = ReadAll(blob);
-  const size_t at = bytes.find(std::string(1002, 'c'));
-  ASSERT_NE(at, std::string::npos);
-  FlipByte(blob, static_cast<std::streamoff>(at + 501));
-  ShardStoreOptions ro;
-  ro.read_only = true;
-  auto store = ShardStore::Open(dir, ro);
-  ASSERT_TRUE(store.ok());
+  auto store = DamagedStore("corrupt", [](const std::string& b) {
+    const size_t at = b.find(std::string(1002, 'c'));
+    return at == std::string::npos ? at : at + 501;
+  });
+  ASSERT_NE(store, nullptr);
   for (uint64_t i = 0; i < 6; ++i) {
-    auto s = (*store)->Get(i, true);
+    auto s = store->Get(i, true);
     if (i == 2) {
       ASSERT_FALSE(s.ok());
       EXPECT_EQ(s.status().code(), StatusCode::kCorruption) << s.status().ToString();
@@ -189,36 +200,25 @@ TEST(ShardStoreTest, CorruptImageIsDetected) {
       EXPECT_EQ(s->image, std::string(1000 + i, static_cast<char>('a' + i % 26)));
     }
   }
-  EXPECT_TRUE((*store)->Get(2, false).ok()) << "the record itself is intact";
-  EXPECT_EQ((*store)->VerifyStorageChecksums().code(), StatusCode::kCorruption);
+  EXPECT_TRUE(store->Get(2, false).ok()) << "the record itself is intact";
+  EXPECT_EQ(store->VerifyStorageChecksums().code(), StatusCode::kCorruption);
 }
 
 // Damage outside the image bytes (a blob record's key) leaves every image readable and
 // correct, and the storage pass still reports it.
 TEST(ShardStoreTest, DamagedBlobRecordHeaderIsReportedByTheStoragePass) {
-  std::string dir = FreshDir("corrupt_key");
-  Fill(dir, 6);
-  {
-    ShardStoreOptions o;
-    auto s = ShardStore::Open(dir, o);
-    ASSERT_TRUE(s.ok());
-  }
-  const std::string blob = BlobFile(dir);
-  ASSERT_FALSE(blob.empty());
-  const std::string bytes = ReadAll(blob);
-  const size_t image = bytes.find(std::string(1003, 'd'));  // sample 3's image
-  ASSERT_NE(image, std::string::npos);
-  FlipByte(blob, static_cast<std::streamoff>(image - 1));  // the last byte of its key
-  ShardStoreOptions ro;
-  ro.read_only = true;
-  auto store = ShardStore::Open(dir, ro);
-  ASSERT_TRUE(store.ok());
+  // The last byte of sample 3's key, just before its image (1003 bytes of 'd').
+  auto store = DamagedStore("corrupt_key", [](const std::string& b) {
+    const size_t at = b.find(std::string(1003, 'd'));
+    return at == std::string::npos || at == 0 ? std::string::npos : at - 1;
+  });
+  ASSERT_NE(store, nullptr);
   for (uint64_t i = 0; i < 6; ++i) {
-    auto s = (*store)->Get(i, true);
+    auto s = store->Get(i, true);
     ASSERT_TRUE(s.ok()) << i << ": " << s.status().ToString();
     EXPECT_EQ(s->image, std::string(1000 + i, static_cast<char>('a' + i % 26)));
   }
-  EXPECT_EQ((*store)->VerifyStorageChecksums().code(), StatusCode::kCorruption);
+  EXPECT_EQ(store->VerifyStorageChecksums().code(), StatusCode::kCorruption);
 }
 
 // Four processes open the store read-only at the same time and read every sample.
