@@ -1,6 +1,8 @@
 #include "sharding/shard_store.h"
 
 #include <dirent.h>
+#include <dlfcn.h>
+#include <link.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -219,6 +221,45 @@ TEST(ShardStoreTest, DamagedBlobRecordHeaderIsReportedByTheStoragePass) {
     EXPECT_EQ(s->image, std::string(1000 + i, static_cast<char>('a' + i % 26)));
   }
   EXPECT_EQ(store->VerifyStorageChecksums().code(), StatusCode::kCorruption);
+}
+
+// RocksDB's checksum function resolves to vlorch's hardware CRC32C (sharding/shard_store.cc)
+// everywhere in the process, and gives exactly the library's own values, so stores written
+// before, or by another build, still verify.
+TEST(ShardStoreTest, RocksDbsCrc32cIsOursAndEqualsTheLibrarysOwn) {
+  using Extend = uint32_t (*)(uint32_t, const char*, size_t);
+  const char* kName = "_ZN7rocksdb6crc32c6ExtendEjPKcm";  // rocksdb::crc32c::Extend(uint32_t, const char*, size_t)
+  auto global = reinterpret_cast<Extend>(dlsym(RTLD_DEFAULT, kName));
+  ASSERT_NE(global, nullptr);
+  Dl_info where{};
+  ASSERT_NE(dladdr(reinterpret_cast<void*>(global), &where), 0);
+  EXPECT_EQ(std::string(where.dli_fname).find("librocksdb"), std::string::npos)
+      << "rocksdb::crc32c::Extend resolves to " << where.dli_fname;
+  // The library's own definition: looked up from librocksdb's own handle.
+  std::string path;
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, size_t, void* out) {
+        if (info->dlpi_name && std::string(info->dlpi_name).find("librocksdb") != std::string::npos)
+          *static_cast<std::string*>(out) = info->dlpi_name;
+        return 0;
+      },
+      &path);
+  ASSERT_FALSE(path.empty()) << "librocksdb is not loaded";
+  void* handle = dlopen(path.c_str(), RTLD_LAZY | RTLD_NOLOAD);
+  ASSERT_NE(handle, nullptr) << path;
+  auto own = reinterpret_cast<Extend>(dlsym(handle, kName));
+  ASSERT_NE(own, nullptr);
+  EXPECT_NE(reinterpret_cast<void*>(own), reinterpret_cast<void*>(global));
+  std::string data(70000, '\0');
+  uint64_t x = 0x9E3779B97F4A7C15ull;
+  for (char& c : data) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    c = static_cast<char>(x);
+  }
+  for (size_t len : {size_t{0}, size_t{1}, size_t{9}, size_t{4097}, size_t{12288}, size_t{12301}, size_t{70000}})
+    for (uint32_t seed : {0u, 0x1234abcdu}) EXPECT_EQ(global(seed, data.data(), len), own(seed, data.data(), len)) << len;
+  EXPECT_EQ(global(0, "123456789", 9), 0xE3069283u);
+  dlclose(handle);
 }
 
 // Four processes open the store read-only at the same time and read every sample.
