@@ -64,9 +64,15 @@ TEST(Protocol, EveryTypeRoundTrips) {
       EXPECT_EQ(d->collective->seq, 57u);
       EXPECT_TRUE(d->collective->inside);
     }
-    if (t == MessageType::kRegister) EXPECT_EQ(d->pid, 4242);
-    if (t == MessageType::kProgress) EXPECT_DOUBLE_EQ(d->loss, 2.5);
-    if (t == MessageType::kCheckpoint) EXPECT_EQ(d->checkpoint, m.checkpoint);
+    if (t == MessageType::kRegister) {
+      EXPECT_EQ(d->pid, 4242);
+    }
+    if (t == MessageType::kProgress) {
+      EXPECT_DOUBLE_EQ(d->loss, 2.5);
+    }
+    if (t == MessageType::kCheckpoint) {
+      EXPECT_EQ(d->checkpoint, m.checkpoint);
+    }
   }
   // A diverged run's loss is NaN; JSON carries it as null and it must arrive as NaN, not be
   // dropped as malformed (status would keep showing the last finite loss).
@@ -197,8 +203,9 @@ TEST(JobRecordJson, RankTextIsTheSameObjectAsTheTree) {
     parsed = json::parse(text, nullptr, false);
     ASSERT_FALSE(parsed.is_discarded()) << text;
     ASSERT_TRUE(parsed.contains("heartbeat_age_s"));
-    if (std::isfinite(1.7e9 + 10 - r.last_heartbeat))
+    if (std::isfinite(1.7e9 + 10 - r.last_heartbeat)) {
       EXPECT_DOUBLE_EQ(parsed["heartbeat_age_s"].get<double>(), 1.7e9 + 10 - r.last_heartbeat);
+    }
     parsed.erase("heartbeat_age_s");
     EXPECT_EQ(parsed, tree);
   }

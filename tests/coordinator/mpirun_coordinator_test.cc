@@ -295,7 +295,9 @@ TEST_F(MpirunCoordinator, CoordinatorKilledMidJobRecoversAndTheJobCompletes) {
   const auto final_kinds = EventKinds(id);
   // A still-running mpirun is adopted, not restarted; one that ended meanwhile is judged by
   // the stage's seal.
-  if (mpirun_alive) EXPECT_NE(std::find(final_kinds.begin(), final_kinds.end(), "adopted"), final_kinds.end());
+  if (mpirun_alive) {
+    EXPECT_NE(std::find(final_kinds.begin(), final_kinds.end(), "adopted"), final_kinds.end());
+  }
   EXPECT_EQ(std::count(final_kinds.begin(), final_kinds.end(), "stage_done"), 2);
   ExpectReferenceWeights();
 }

@@ -62,7 +62,9 @@ TEST(VLModel, ParameterNamesAreHuggingFaces) {
   EXPECT_FALSE(names.count("language_model.lm_head.weight"));
   // OPT's learned positions carry the offset of 2.
   for (const auto& [n, t] : (*opt)->SortedParameters())
-    if (n == "language_model.model.decoder.embed_positions.weight") EXPECT_EQ(t.size(0), 64 + 2);
+    if (n == "language_model.model.decoder.embed_positions.weight") {
+      EXPECT_EQ(t.size(0), 64 + 2);
+    }
 
   auto llama = VLModel::Create(Tiny(LlmKind::kLlama), 1);
   ASSERT_TRUE(llama.ok());
@@ -74,7 +76,9 @@ TEST(VLModel, ParameterNamesAreHuggingFaces) {
                         "language_model.lm_head.weight"})
     EXPECT_TRUE(ln.count(n)) << n;
   for (const auto& [n, t] : (*llama)->SortedParameters())
-    if (n == "language_model.model.layers.0.self_attn.k_proj.weight") EXPECT_EQ(t.size(0), 16);  // 2 kv heads x 8
+    if (n == "language_model.model.layers.0.self_attn.k_proj.weight") {
+      EXPECT_EQ(t.size(0), 16);  // 2 kv heads x 8
+    }
 }
 
 TEST(VLModel, SameSeedSameWeightsOtherSeedOther) {
@@ -122,7 +126,9 @@ TEST(VLModel, ForwardBackwardReachesEveryModule) {
       ASSERT_TRUE(p.grad().defined()) << n;
       // Every module sits on the path from the image to the loss (q_bias starts at zero but
       // still gets a gradient).
-      if (n.find("embed_positions") == std::string::npos) EXPECT_GT(p.grad().abs().sum().item<double>(), 0) << n;
+      if (n.find("embed_positions") == std::string::npos) {
+        EXPECT_GT(p.grad().abs().sum().item<double>(), 0) << n;
+      }
     }
   }
 }
@@ -283,7 +289,7 @@ TEST_F(WeightsTest, WrongNameOrShapeListsTheNamesAndChangesNothing) {
   for (const auto& [n, t] : params) before.push_back(t.clone());
   auto r = LoadWeights(params, path, "language_model.");
   ASSERT_FALSE(r.ok());
-  const std::string& msg = r.status().message();
+  const std::string msg = r.status().message();  // status() returns a copy: keep the text, not a reference into it
   EXPECT_NE(msg.find("1 missing: language_model.model.decoder.layers.0.fc1.weight"), std::string::npos) << msg;
   EXPECT_NE(msg.find("1 unexpected: language_model.model.decoder.layers.0.fc_1.weight"), std::string::npos) << msg;
   EXPECT_NE(msg.find("language_model.model.decoder.layers.1.fc2.weight: file"), std::string::npos) << msg;
@@ -317,7 +323,9 @@ TEST_F(WeightsTest, ShardedIndexLoadsEveryShard) {
   EXPECT_EQ(r->files.size(), 2u);
   k = 0;
   for (const auto& [n, t] : params)
-    if (n.rfind("language_model.", 0) == 0) EXPECT_EQ(t.flatten()[0].item<float>(), 0.5f + ++k) << n;
+    if (n.rfind("language_model.", 0) == 0) {
+      EXPECT_EQ(t.flatten()[0].item<float>(), 0.5f + ++k) << n;
+    }
 
   std::ofstream(dir_ / "model.safetensors.index.json") << "{\"weight_map\": {\"x\": \"../etc/passwd\"}}";
   auto bad = LoadWeights(params, dir_.string(), "language_model.");

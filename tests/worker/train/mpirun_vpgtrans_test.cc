@@ -210,8 +210,9 @@ TEST_F(MpirunVpgTrans, KilledAnywhereResumesToTheSameBytes) {
     for (const auto& s : k.sealed_before)
       EXPECT_NE(log.find(fmt::format("stage '{}' is already done", s)), std::string::npos)
           << s << " ran again with " << k.fault << "\n" << log;
-    if (!k.expect_in_log.empty())
+    if (!k.expect_in_log.empty()) {
       EXPECT_NE(log.find(k.expect_in_log), std::string::npos) << "with " << k.fault << "\n" << log;
+    }
   }
   for (const char* s : kStages) {
     const std::string a = ReadAll(Sealed(ref, s) / "model.safetensors"), b = ReadAll(Sealed(run, s) / "model.safetensors");

@@ -83,7 +83,9 @@ TEST(FuseProjector, EqualsConverterAfterSourceProjector) {
     EXPECT_LT((got - expected).abs().max().item<double>(), 1e-4 * (1 + expected.abs().max().item<double>()))
         << ProjectorKindName(kind);
     // The first layer is carried over unchanged.
-    if (kind != ProjectorKind::kLinear) EXPECT_TRUE(torch::equal(fused->at("language_projection.0.weight"), src["language_projection.0.weight"]));
+    if (kind != ProjectorKind::kLinear) {
+      EXPECT_TRUE(torch::equal(fused->at("language_projection.0.weight"), src["language_projection.0.weight"]));
+    }
   }
   std::map<std::string, torch::Tensor> wrong = {{"language_projection.weight", torch::randn({ds + 1, in})},
                                                 {"language_projection.bias", torch::randn({ds + 1})}};
