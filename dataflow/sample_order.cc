@@ -203,12 +203,6 @@ std::vector<SourceSample> MixedStream::NextGroupStep(const Cursor& c, int dp, ui
   return out;
 }
 
-std::vector<SourceSample> MixedStream::NextStep(const Cursor& c, int dp, int rank, uint64_t batch, Cursor* after) const {
-  std::vector<SourceSample> all = NextGroupStep(c, dp, batch, after);
-  const auto [lo, hi] = RankSlice(all.size(), dp, rank);
-  return std::vector<SourceSample>(all.begin() + static_cast<std::ptrdiff_t>(lo), all.begin() + static_cast<std::ptrdiff_t>(hi));
-}
-
 std::vector<int> BalanceSlots(const std::vector<int64_t>& cost, const std::vector<uint64_t>& capacity) {
   std::vector<size_t> by_cost(cost.size());
   for (size_t k = 0; k < by_cost.size(); ++k) by_cost[k] = k;

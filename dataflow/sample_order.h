@@ -89,12 +89,10 @@ class MixedStream {
   int NextSource(const Cursor& c) const;
   // Advances `c` by one slot and returns the sample it draws.
   SourceSample Take(Cursor* c) const;
-  // The samples rank `rank` of a dp group of `dp` ranks trains on in the next step (per-rank
-  // batch `batch`), and the cursor after the whole group's step. For a single source,
-  // `epoch_end` limits the step to what is left of the current epoch (the tail is split
-  // evenly across ranks); mixtures have no epoch boundary.
-  std::vector<SourceSample> NextStep(const Cursor& c, int dp, int rank, uint64_t batch, Cursor* after) const;
-  // Every slot of the group's next step, in slot order (rank r's are RankSlice(size, dp, r)).
+  // Every slot of the next step of a dp group of `dp` ranks with per-rank batch `batch`, in
+  // slot order, and the cursor after it; rank r's contiguous share is RankSlice(size, dp, r).
+  // For a single source the step ends with the current epoch (its short tail is split evenly
+  // across ranks); mixtures have no epoch boundary.
   std::vector<SourceSample> NextGroupStep(const Cursor& c, int dp, uint64_t batch, Cursor* after) const;
   Cursor Start() const;
 

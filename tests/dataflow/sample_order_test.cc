@@ -1,6 +1,7 @@
 #include "dataflow/sample_order.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <map>
 #include <random>
 #include <set>
@@ -78,13 +79,11 @@ Cursor RunSteps(const MixedStream& m, Cursor c, int dp, uint64_t batch, int step
            std::vector<std::pair<uint64_t, uint64_t>>* seen) {
   for (int t = 0; t < steps; ++t) {
     Cursor next;
+    const std::vector<SourceSample> group = m.NextGroupStep(c, dp, batch, &next);
     for (int r = 0; r < dp; ++r) {
-      Cursor after;
-      auto got = m.NextStep(c, dp, r, batch, &after);
-      EXPECT_LE(got.size(), batch);
-      for (const auto& s : got) seen->push_back({s.epoch, s.index});
-      if (r == 0) next = after;
-      else EXPECT_EQ(after, next) << "every rank must agree on the cursor";
+      const auto [lo, hi] = RankSlice(group.size(), dp, r);
+      EXPECT_LE(hi - lo, batch);
+      for (uint64_t k = lo; k < hi; ++k) seen->push_back({group[k].epoch, group[k].index});
     }
     c = next;
   }
@@ -166,25 +165,24 @@ TEST(MixtureTest, BadSpecsAreErrors) {
   EXPECT_FALSE(SampleOrder::Create(Opts(10, 0, 4, 1)).ok());
 }
 
-// The group step is every rank's NextStep concatenated, and RankSlice says where each is.
-TEST(PlacementTest, GroupStepIsTheRanksStepsConcatenated) {
-  auto m = MixedStream::Create({Opts(50, 8, 16, 3)}, {1.0}, 3);
-  ASSERT_TRUE(m.ok());
-  Cursor c = m->Start();
-  for (int t = 0; t < 6; ++t) {  // 6 steps of 3 x 4 cross the epoch's end (50 = 4 x 12 + 2)
-    Cursor after;
-    std::vector<SourceSample> group = m->NextGroupStep(c, 3, 4, &after);
-    ASSERT_LE(group.size(), 12u);
-    for (int r = 0; r < 3; ++r) {
-      Cursor ra;
-      std::vector<SourceSample> mine = m->NextStep(c, 3, r, 4, &ra);
-      EXPECT_EQ(ra, after);
-      const auto [lo, hi] = RankSlice(group.size(), 3, r);
-      ASSERT_EQ(mine.size(), hi - lo);
-      for (uint64_t k = lo; k < hi; ++k) EXPECT_EQ(mine[k - lo].index, group[k].index);
+// The ranks' slices of a group step tile it in rank order, each within the batch, and an
+// epoch's short tail is split as evenly as possible.
+TEST(PlacementTest, RankSlicesTileTheGroupStep) {
+  for (uint64_t slots : {0ull, 1ull, 7ull, 12ull, 13ull, 50ull})
+    for (int dp : {1, 2, 3, 4}) {
+      uint64_t at = 0, lo_size = UINT64_MAX, hi_size = 0;
+      for (int r = 0; r < dp; ++r) {
+        const auto [lo, hi] = RankSlice(slots, dp, r);
+        EXPECT_EQ(lo, at) << slots << " / " << dp << " rank " << r;
+        ASSERT_GE(hi, lo);
+        at = hi;
+        lo_size = std::min(lo_size, hi - lo), hi_size = std::max(hi_size, hi - lo);
+      }
+      EXPECT_EQ(at, slots);
+      EXPECT_LE(hi_size - lo_size, 1u) << slots << " / " << dp;
     }
-    c = after;
-  }
+  // A full step of 3 x 4: rank r takes [4r, 4r + 4).
+  EXPECT_EQ(RankSlice(12, 3, 1), (std::pair<uint64_t, uint64_t>{4, 8}));
 }
 
 TEST(BalanceSlotsTest, KeepsCapacitiesAndEvensTheLoads) {
