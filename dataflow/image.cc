@@ -169,10 +169,12 @@ __attribute__((target("ssse3"))) inline void Transpose16x16(__m128i x[16]) {
   }
 }
 
-__attribute__((target("ssse3"))) void SplitTransposeSse(const uint8_t* in, size_t stride, int rows, int cols,
+// The tile kernels below cover rows [r_begin, rows / 16 * 16) and whole 16-column tiles; the
+// caller's scalar loops cover the rest.
+__attribute__((target("ssse3"))) void SplitTransposeSse(const uint8_t* in, size_t stride, int r_begin, int rows, int cols,
                                                         uint8_t* const planes[3], size_t plane_stride) {
   const int rt = rows / 16 * 16, ct = cols / 16 * 16;
-  for (int r0 = 0; r0 < rt; r0 += 16)
+  for (int r0 = r_begin; r0 < rt; r0 += 16)
     for (int c0 = 0; c0 < ct; c0 += 16)
       for (int k = 0; k < 3; ++k) {
         const __m128i m0 = _mm_load_si128(reinterpret_cast<const __m128i*>(kSplitMasks.m[k][0]));
@@ -190,14 +192,12 @@ __attribute__((target("ssse3"))) void SplitTransposeSse(const uint8_t* in, size_
         for (int j = 0; j < 16; ++j)
           _mm_storeu_si128(reinterpret_cast<__m128i*>(planes[k] + static_cast<size_t>(c0 + j) * plane_stride + r0), x[j]);
       }
-  SplitTransposeScalar(in, stride, rt, rows, 0, cols, planes, plane_stride);
-  SplitTransposeScalar(in, stride, 0, rt, ct, cols, planes, plane_stride);
 }
 
-__attribute__((target("ssse3"))) void TransposeBytesSse(const uint8_t* in, size_t in_stride, int rows, int cols,
-                                                        uint8_t* out, size_t out_stride) {
+__attribute__((target("ssse3"))) void TransposeBytesSse(const uint8_t* in, size_t in_stride, int r_begin, int rows,
+                                                        int cols, uint8_t* out, size_t out_stride) {
   const int rt = rows / 16 * 16, ct = cols / 16 * 16;
-  for (int r0 = 0; r0 < rt; r0 += 16)
+  for (int r0 = r_begin; r0 < rt; r0 += 16)
     for (int c0 = 0; c0 < ct; c0 += 16) {
       __m128i x[16];
       for (int r = 0; r < 16; ++r)
@@ -206,8 +206,70 @@ __attribute__((target("ssse3"))) void TransposeBytesSse(const uint8_t* in, size_
       for (int j = 0; j < 16; ++j)
         _mm_storeu_si128(reinterpret_cast<__m128i*>(out + static_cast<size_t>(c0 + j) * out_stride + r0), x[j]);
     }
-  TransposeBytesScalar(in, in_stride, rt, rows, 0, cols, out, out_stride);
-  TransposeBytesScalar(in, in_stride, 0, rt, ct, cols, out, out_stride);
+}
+
+// The same with AVX2 on 32-row x 16-column tiles: rows r and r + 16 share a register (one per
+// 128-bit lane), the in-lane byte interleaves transpose both halves at once, and each result
+// register is 32 consecutive bytes of an output row. Half the shuffles of the SSSE3 tiles.
+// Covers rows [0, rows / 32 * 32) and whole 16-column tiles.
+__attribute__((target("avx2"))) inline void Transpose32x16(__m256i x[16]) {
+  for (int stage = 0; stage < 4; ++stage) {
+    __m256i y[16];
+    for (int i = 0; i < 8; ++i) {
+      y[2 * i] = _mm256_unpacklo_epi8(x[i], x[i + 8]);
+      y[2 * i + 1] = _mm256_unpackhi_epi8(x[i], x[i + 8]);
+    }
+    for (int i = 0; i < 16; ++i) x[i] = y[i];
+  }
+}
+
+__attribute__((target("avx2"))) inline __m256i LoadTwoRows(const uint8_t* lo, const uint8_t* hi) {
+  return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lo))),
+                                 _mm_loadu_si128(reinterpret_cast<const __m128i*>(hi)), 1);
+}
+
+__attribute__((target("avx2"))) void SplitTransposeAvx2(const uint8_t* in, size_t stride, int rows, int cols,
+                                                        uint8_t* const planes[3], size_t plane_stride) {
+  const int rt = rows / 32 * 32, ct = cols / 16 * 16;
+  const size_t half = 16 * stride;
+  for (int r0 = 0; r0 < rt; r0 += 32)
+    for (int c0 = 0; c0 < ct; c0 += 16)
+      for (int k = 0; k < 3; ++k) {
+        const __m256i m0 = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(kSplitMasks.m[k][0])));
+        const __m256i m1 = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(kSplitMasks.m[k][1])));
+        const __m256i m2 = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(kSplitMasks.m[k][2])));
+        __m256i x[16];
+        for (int r = 0; r < 16; ++r) {
+          const uint8_t* px = in + static_cast<size_t>(r0 + r) * stride + static_cast<size_t>(c0) * 3;
+          const __m256i a = LoadTwoRows(px, px + half);
+          const __m256i b = LoadTwoRows(px + 16, px + half + 16);
+          const __m256i c = LoadTwoRows(px + 32, px + half + 32);
+          x[r] = _mm256_or_si256(_mm256_or_si256(_mm256_shuffle_epi8(a, m0), _mm256_shuffle_epi8(b, m1)),
+                                 _mm256_shuffle_epi8(c, m2));
+        }
+        Transpose32x16(x);
+        // After the transpose x[j] holds column c0 + j: rows r0..r0+15 (low lane) and
+        // r0+16..r0+31 (high lane).
+        for (int j = 0; j < 16; ++j)
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(planes[k] + static_cast<size_t>(c0 + j) * plane_stride + r0), x[j]);
+      }
+}
+
+__attribute__((target("avx2"))) void TransposeBytesAvx2(const uint8_t* in, size_t in_stride, int rows, int cols,
+                                                        uint8_t* out, size_t out_stride) {
+  const int rt = rows / 32 * 32, ct = cols / 16 * 16;
+  const size_t half = 16 * in_stride;
+  for (int r0 = 0; r0 < rt; r0 += 32)
+    for (int c0 = 0; c0 < ct; c0 += 16) {
+      __m256i x[16];
+      for (int r = 0; r < 16; ++r) {
+        const uint8_t* p = in + static_cast<size_t>(r0 + r) * in_stride + c0;
+        x[r] = LoadTwoRows(p, p + half);
+      }
+      Transpose32x16(x);
+      for (int j = 0; j < 16; ++j)
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + static_cast<size_t>(c0 + j) * out_stride + r0), x[j]);
+    }
 }
 
 bool HaveSsse3() {
@@ -230,12 +292,47 @@ __attribute__((target("avx2"))) inline __m256i WeightPair(int32_t a, int32_t b) 
 // below 2 * 2^22), so each output is the same integer as Pillow's and the same byte; about
 // half the instructions of 32-bit multiplies. false (nothing written) for filters longer
 // than kMaxPairs pairs of taps, which only extreme shrink factors need.
+
+// 16 outputs x .. x + 15 of one output row from `pairs` pairs of input lines.
+template <int kPairs>
+__attribute__((target("avx2"), always_inline)) inline void ResampleBlock16(const uint8_t* const* lines, const __m256i* wl,
+                                                                           const __m256i* wh, int pairs, int x, uint8_t* o) {
+  const int n = kPairs > 0 ? kPairs : pairs;
+  // The rounding term rides in the low sum: (lo + half + (hi << 11)) >> 22.
+  __m256i lo_l = _mm256_set1_epi32(1 << (kPrecisionBits - 1)), hi_l = lo_l;
+  __m256i lo_h = _mm256_setzero_si256(), hi_h = lo_h;
+  for (int q = 0; q < n; ++q) {
+    const __m256i a = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lines[2 * q] + x)));
+    const __m256i b = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lines[2 * q + 1] + x)));
+    const __m256i lo = _mm256_unpacklo_epi16(a, b), hi = _mm256_unpackhi_epi16(a, b);
+    lo_l = _mm256_add_epi32(lo_l, _mm256_madd_epi16(lo, wl[q]));
+    lo_h = _mm256_add_epi32(lo_h, _mm256_madd_epi16(lo, wh[q]));
+    hi_l = _mm256_add_epi32(hi_l, _mm256_madd_epi16(hi, wl[q]));
+    hi_h = _mm256_add_epi32(hi_h, _mm256_madd_epi16(hi, wh[q]));
+  }
+  // Per 128-bit lane, lo holds x 0-3 (8-11) and hi x 4-7 (12-15): packing lo with hi
+  // restores x order within each lane.
+  const __m256i slo = _mm256_srai_epi32(_mm256_add_epi32(lo_l, _mm256_slli_epi32(lo_h, 11)), kPrecisionBits);
+  const __m256i shi = _mm256_srai_epi32(_mm256_add_epi32(hi_l, _mm256_slli_epi32(hi_h, 11)), kPrecisionBits);
+  const __m256i w16 = _mm256_packs_epi32(slo, shi);  // x 0-7 | x 8-15, saturated to int16
+  const __m256i b8 = _mm256_permute4x64_epi64(_mm256_packus_epi16(w16, w16), 0xD8);  // clamped to 0..255
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(o + x), _mm256_castsi256_si128(b8));
+}
+
+// One output row, row_len >= 16: whole blocks, then one last block ending at row_len that
+// overlaps the one before (recomputing those outputs gives the same bytes).
+template <int kPairs>
+__attribute__((target("avx2"))) void ResampleRowAvx2(const uint8_t* const* lines, const __m256i* wl, const __m256i* wh,
+                                                     int pairs, int row_len, uint8_t* o) {
+  int x = 0;
+  for (; x + 16 <= row_len; x += 16) ResampleBlock16<kPairs>(lines, wl, wh, pairs, x, o);
+  if (x < row_len) ResampleBlock16<kPairs>(lines, wl, wh, pairs, row_len - 16, o);
+}
+
 __attribute__((target("avx2"))) bool ResampleRowsAvx2(const uint8_t* in, size_t stride, int row_len, int row_offset,
                                                       const Coeffs& c, int out_rows, uint8_t* out) {
   constexpr int kMaxPairs = 48;
-  if ((c.ksize + 1) / 2 > kMaxPairs) return false;
-  const int vec_len = row_len / 16 * 16;
-  const __m256i half = _mm256_set1_epi32(1 << (kPrecisionBits - 1));
+  if ((c.ksize + 1) / 2 > kMaxPairs || row_len < 16) return false;
   __m256i wl[kMaxPairs], wh[kMaxPairs];
   const uint8_t* lines[2 * kMaxPairs];
   for (int r = 0; r < out_rows; ++r) {
@@ -252,29 +349,15 @@ __attribute__((target("avx2"))) bool ResampleRowsAvx2(const uint8_t* in, size_t 
       lines[2 * q + 1] = base + static_cast<size_t>(t1) * stride;
     }
     uint8_t* o = out + static_cast<size_t>(r) * row_len;
-    for (int x = 0; x < vec_len; x += 16) {
-      __m256i lo_l = _mm256_setzero_si256(), lo_h = lo_l, hi_l = lo_l, hi_h = lo_l;
-      for (int q = 0; q < pairs; ++q) {
-        const __m256i a = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lines[2 * q] + x)));
-        const __m256i b = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lines[2 * q + 1] + x)));
-        const __m256i lo = _mm256_unpacklo_epi16(a, b), hi = _mm256_unpackhi_epi16(a, b);
-        lo_l = _mm256_add_epi32(lo_l, _mm256_madd_epi16(lo, wl[q]));
-        lo_h = _mm256_add_epi32(lo_h, _mm256_madd_epi16(lo, wh[q]));
-        hi_l = _mm256_add_epi32(hi_l, _mm256_madd_epi16(hi, wl[q]));
-        hi_h = _mm256_add_epi32(hi_h, _mm256_madd_epi16(hi, wh[q]));
-      }
-      // Per 128-bit lane, lo holds x 0-3 (8-11) and hi x 4-7 (12-15): packing lo with hi
-      // restores x order within each lane.
-      const __m256i slo = _mm256_srai_epi32(_mm256_add_epi32(_mm256_add_epi32(lo_l, _mm256_slli_epi32(lo_h, 11)), half), kPrecisionBits);
-      const __m256i shi = _mm256_srai_epi32(_mm256_add_epi32(_mm256_add_epi32(hi_l, _mm256_slli_epi32(hi_h, 11)), half), kPrecisionBits);
-      const __m256i w16 = _mm256_packs_epi32(slo, shi);  // x 0-7 | x 8-15, saturated to int16
-      const __m256i b8 = _mm256_permute4x64_epi64(_mm256_packus_epi16(w16, w16), 0xD8);  // clamped to 0..255
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(o + x), _mm256_castsi256_si128(b8));
-    }
-    for (int x = vec_len; x < row_len; ++x) {
-      int32_t a = 1 << (kPrecisionBits - 1);
-      for (int t = 0; t < taps; ++t) a += base[static_cast<size_t>(t) * stride + x] * k[t];
-      o[x] = Clip8(a);
+    // The common filter lengths with the pair loop unrolled and the weights in registers.
+    switch (pairs) {
+      case 1: ResampleRowAvx2<1>(lines, wl, wh, pairs, row_len, o); break;
+      case 2: ResampleRowAvx2<2>(lines, wl, wh, pairs, row_len, o); break;
+      case 3: ResampleRowAvx2<3>(lines, wl, wh, pairs, row_len, o); break;
+      case 4: ResampleRowAvx2<4>(lines, wl, wh, pairs, row_len, o); break;
+      case 5: ResampleRowAvx2<5>(lines, wl, wh, pairs, row_len, o); break;
+      case 6: ResampleRowAvx2<6>(lines, wl, wh, pairs, row_len, o); break;
+      default: ResampleRowAvx2<0>(lines, wl, wh, pairs, row_len, o); break;
     }
   }
   return true;
@@ -296,20 +379,40 @@ void Resample(const uint8_t* in, size_t stride, int row_len, int row_offset, con
 }
 
 // RGB rows x cols (row i at in + i * stride) -> three planes [cols][rows] (row stride
-// plane_stride).
+// plane_stride): AVX2 32-row tiles, then SSSE3 16-row tiles, then scalar edges.
 void SplitTranspose(const uint8_t* in, size_t stride, int rows, int cols, uint8_t* const planes[3], size_t plane_stride) {
+  int tiled_rows = 0, tiled_cols = 0;
 #ifdef VLORCH_IMAGE_SSE
-  if (HaveSsse3()) return SplitTransposeSse(in, stride, rows, cols, planes, plane_stride);
+  if (HaveAvx2()) {
+    SplitTransposeAvx2(in, stride, rows, cols, planes, plane_stride);
+    tiled_rows = rows / 32 * 32;
+  }
+  if (HaveSsse3()) {
+    SplitTransposeSse(in, stride, tiled_rows, rows, cols, planes, plane_stride);
+    tiled_rows = rows / 16 * 16;
+  }
+  if (tiled_rows > 0) tiled_cols = cols / 16 * 16;
 #endif
-  SplitTransposeScalar(in, stride, 0, rows, 0, cols, planes, plane_stride);
+  SplitTransposeScalar(in, stride, tiled_rows, rows, 0, cols, planes, plane_stride);
+  SplitTransposeScalar(in, stride, 0, tiled_rows, tiled_cols, cols, planes, plane_stride);
 }
 
 // Bytes rows x cols (row i at in + i * in_stride) -> cols x rows (row stride out_stride).
 void TransposeBytes(const uint8_t* in, size_t in_stride, int rows, int cols, uint8_t* out, size_t out_stride) {
+  int tiled_rows = 0, tiled_cols = 0;
 #ifdef VLORCH_IMAGE_SSE
-  if (HaveSsse3()) return TransposeBytesSse(in, in_stride, rows, cols, out, out_stride);
+  if (HaveAvx2()) {
+    TransposeBytesAvx2(in, in_stride, rows, cols, out, out_stride);
+    tiled_rows = rows / 32 * 32;
+  }
+  if (HaveSsse3()) {
+    TransposeBytesSse(in, in_stride, tiled_rows, rows, cols, out, out_stride);
+    tiled_rows = rows / 16 * 16;
+  }
+  if (tiled_rows > 0) tiled_cols = cols / 16 * 16;
 #endif
-  TransposeBytesScalar(in, in_stride, 0, rows, 0, cols, out, out_stride);
+  TransposeBytesScalar(in, in_stride, tiled_rows, rows, 0, cols, out, out_stride);
+  TransposeBytesScalar(in, in_stride, 0, tiled_rows, tiled_cols, cols, out, out_stride);
 }
 
 // The resize and crop of one image: torchvision's Resize(int) then CenterCrop(size), in the
