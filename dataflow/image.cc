@@ -460,44 +460,70 @@ Plan MakePlan(int w, int h, int size) {
 }
 
 // Resizes like Pillow's ImagingResample with BICUBIC (horizontal pass first, rounded to 8
-// bits, then vertical) and writes only the size x size crop window to `out`, as three planes
-// (CHW). Each output pixel depends only on its own filter taps, so the window equals the same
-// window of the full resize bit for bit, at a fraction of its cost when the aspect ratio is
-// far from 1. The passes run per channel plane (integer sums per channel, so the same values).
-// `in` holds the decoded RGB pixels of columns [in_x, ...) and rows [in_y, ...) with row
-// stride `stride`; it must cover the plan's [x0, x1) x [y0, y1).
-void ResizeCrop(const uint8_t* in, size_t stride, int in_x, int in_y, const Plan& p, int size, uint8_t* out) {
-  Scratch& s = ThreadScratch();
-  const size_t plane = static_cast<size_t>(size) * size;
-  const int rows = p.y1 - p.y0;  // the input rows the vertical pass reads
-  const uint8_t* region = in + static_cast<size_t>(p.y0 - in_y) * stride + static_cast<size_t>(p.x0 - in_x) * 3;
-  // After the horizontal pass: per channel, rows x size bytes (row stride size) at horiz[ch].
-  const size_t hplane = static_cast<size_t>(rows) * size;
-  s.horiz.resize(3 * hplane);
-  s.acc.resize(std::max<size_t>(s.acc.size(), std::max(rows, size)));
-  uint8_t* horiz[3] = {s.horiz.data(), s.horiz.data() + hplane, s.horiz.data() + 2 * hplane};
-  if (p.ow != p.w) {
-    const int cols = p.x1 - p.x0;
-    const size_t tplane = static_cast<size_t>(rows) * cols;
-    s.transposed.resize(3 * tplane);
-    s.resampled.resize(hplane);
-    uint8_t* t[3] = {s.transposed.data(), s.transposed.data() + tplane, s.transposed.data() + 2 * tplane};
-    SplitTranspose(region, stride, rows, cols, t, rows);
-    for (int ch = 0; ch < 3; ++ch) {
-      Resample(t[ch], rows, rows, p.x0, p.horiz, size, s.resampled.data(), s.acc.data());
-      TransposeBytes(s.resampled.data(), rows, size, rows, horiz[ch], size);
+// bits, then vertical) and writes only the size x size crop window, as three planes (CHW).
+// Each output pixel depends only on its own filter taps, so the window equals the same window
+// of the full resize bit for bit, at a fraction of its cost when the aspect ratio is far from
+// 1. The passes run per channel plane (integer sums per channel, so the same values).
+//
+// In two steps, so that decoded rows are taken while they are still in cache: TakeRows for
+// each strip of decoded rows as the decoder produces them (into the thread's scratch planes),
+// then Finish for the passes.
+class ResizeCrop {
+ public:
+  ResizeCrop(const Plan& p, int size) : p_(p), size_(size), s_(ThreadScratch()) {
+    rows_ = p.y1 - p.y0;  // the input rows the vertical pass reads
+    hplane_ = static_cast<size_t>(rows_) * size;
+    s_.horiz.resize(3 * hplane_);
+    if (p.ow != p.w) {
+      cols_ = p.x1 - p.x0;
+      tplane_ = static_cast<size_t>(rows_) * cols_;
+      s_.transposed.resize(3 * tplane_);
     }
-  } else {
-    for (int r = 0; r < rows; ++r)
-      for (int c = 0; c < size; ++c)
-        for (int ch = 0; ch < 3; ++ch)
-          horiz[ch][static_cast<size_t>(r) * size + c] = region[static_cast<size_t>(r) * stride + c * 3 + ch];
   }
-  for (int ch = 0; ch < 3; ++ch) {
-    if (p.oh == p.h) std::copy_n(horiz[ch], plane, out + ch * plane);  // rows == size
-    else Resample(horiz[ch], size, size, p.y0, p.vert, size, out + ch * plane, s.acc.data());
+
+  // Rows [r, r + n) of the crop's input rows [y0, y1) (RGB, row stride `stride`, starting at
+  // decoded column in_x <= x0).
+  void TakeRows(const uint8_t* in, size_t stride, int in_x, int r, int n) {
+    const uint8_t* src = in + static_cast<size_t>(p_.x0 - in_x) * 3;
+    if (p_.ow != p_.w) {
+      // Channel planes, transposed: [column][row], for the horizontal pass.
+      uint8_t* t[3];
+      for (int ch = 0; ch < 3; ++ch) t[ch] = s_.transposed.data() + ch * tplane_ + r;
+      SplitTranspose(src, stride, n, cols_, t, rows_);
+    } else {
+      // No horizontal resize: the columns go straight to the vertical pass's planes.
+      for (int i = 0; i < n; ++i)
+        for (int c = 0; c < size_; ++c)
+          for (int ch = 0; ch < 3; ++ch)
+            s_.horiz[ch * hplane_ + static_cast<size_t>(r + i) * size_ + c] = src[static_cast<size_t>(i) * stride + c * 3 + ch];
+    }
   }
-}
+
+  // After every row was taken: the passes, into `out` (3 * size * size bytes).
+  void Finish(uint8_t* out) {
+    const size_t plane = static_cast<size_t>(size_) * size_;
+    s_.acc.resize(std::max<size_t>(s_.acc.size(), std::max(rows_, size_)));
+    uint8_t* horiz[3] = {s_.horiz.data(), s_.horiz.data() + hplane_, s_.horiz.data() + 2 * hplane_};
+    if (p_.ow != p_.w) {
+      s_.resampled.resize(hplane_);
+      for (int ch = 0; ch < 3; ++ch) {
+        Resample(s_.transposed.data() + ch * tplane_, rows_, rows_, p_.x0, p_.horiz, size_, s_.resampled.data(), s_.acc.data());
+        TransposeBytes(s_.resampled.data(), rows_, size_, rows_, horiz[ch], size_);
+      }
+    }
+    for (int ch = 0; ch < 3; ++ch) {
+      if (p_.oh == p_.h) std::copy_n(horiz[ch], plane, out + ch * plane);  // rows == size
+      else Resample(horiz[ch], size_, size_, p_.y0, p_.vert, size_, out + ch * plane, s_.acc.data());
+    }
+  }
+
+ private:
+  const Plan& p_;
+  const int size_;
+  Scratch& s_;
+  int rows_ = 0, cols_ = 0;
+  size_t hplane_ = 0, tplane_ = 0;
+};
 
 // ---- libjpeg decompression of a region ------------------------------------------------------
 
@@ -528,24 +554,35 @@ bool SetOutput(sharding::LibjpegDecompressor& d, int target, bool dct_scaling) {
   return true;
 }
 
-// Decodes output rows [y_begin, y_end) and at least columns [x_begin, x_end) into `buf`
-// (capacity for (y_end - y_begin) full-width rows). Columns are widened to the decoder's
-// iMCU boundaries by jpeg_crop_scanline: *x_out and *width_out say what was decoded. Rows
-// above y_begin are skipped (entropy-decoded only), rows from y_end on are not decoded at all.
-bool ReadRegion(sharding::LibjpegDecompressor& d, int x_begin, int x_end, int y_begin, int y_end, uint8_t* buf, JSAMPROW* rows,
-                int* x_out, int* width_out) {
+// Decodes output rows [y_begin, y_end) and at least columns [x_begin, x_end), kStripRows
+// rows at a time into `buf` (capacity for kStripRows full-width rows), and hands the rows in
+// [y_take, y_end) to take(rows, stride, x_out, first row - y_take, count) strip by strip;
+// rows before y_take are decoded and dropped. Columns are widened to the decoder's iMCU
+// boundaries by jpeg_crop_scanline (x_out: the first decoded column). Rows above y_begin are
+// skipped (entropy-decoded only), rows from y_end on are not decoded at all. Only libjpeg
+// calls, arithmetic and `take` (which must not throw or own anything) between setjmp and the
+// return: a longjmp skips no destructor.
+constexpr int kStripRows = 32;
+template <typename Take>
+bool ReadRegion(sharding::LibjpegDecompressor& d, int x_begin, int x_end, int y_begin, int y_take, int y_end, uint8_t* buf,
+                JSAMPROW* rows, Take&& take) {
   jpeg_decompress_struct* c = d.get();
   if (setjmp(d.err().jump)) return false;
   jpeg_start_decompress(c);
   JDIMENSION xoff = static_cast<JDIMENSION>(x_begin), width = static_cast<JDIMENSION>(x_end - x_begin);
   if (width < c->output_width) jpeg_crop_scanline(c, &xoff, &width);
-  *x_out = static_cast<int>(xoff);
-  *width_out = static_cast<int>(width);
   const size_t stride = static_cast<size_t>(width) * 3;
-  for (int r = 0; r < y_end - y_begin; ++r) rows[r] = buf + r * stride;
+  for (int r = 0; r < kStripRows; ++r) rows[r] = buf + r * stride;
   if (y_begin > 0) jpeg_skip_scanlines(c, static_cast<JDIMENSION>(y_begin));
-  while (c->output_scanline < static_cast<JDIMENSION>(y_end))
-    jpeg_read_scanlines(c, rows + (c->output_scanline - y_begin), static_cast<JDIMENSION>(y_end) - c->output_scanline);
+  while (c->output_scanline < static_cast<JDIMENSION>(y_end)) {
+    // The next strip: up to kStripRows rows, ending where the taken rows start if they
+    // have not started yet.
+    const int y = static_cast<int>(c->output_scanline);
+    const int stop = y < y_take ? std::min(y_take, y + kStripRows) : std::min(y_end, y + kStripRows);
+    while (c->output_scanline < static_cast<JDIMENSION>(stop))
+      jpeg_read_scanlines(c, rows + (c->output_scanline - y), static_cast<JDIMENSION>(stop) - c->output_scanline);
+    if (y >= y_take) take(buf, stride, static_cast<int>(xoff), y - y_take, stop - y);
+  }
   if (c->output_scanline == c->output_height) jpeg_finish_decompress(c);
   else jpeg_abort_decompress(c);
   return true;
@@ -570,25 +607,31 @@ StatusOr<DecodedImage> DecodeCrop(std::string_view jpeg, const ImageOptions& o) 
   info.decoded_height = dh;
   const Plan plan = MakePlan(dw, dh, o.size);
   // The rows and columns the crop needs, with a margin of 16 decoded pixels (an iMCU at most)
-  // on each side that is not an image edge: the decoder's chroma upsampling near the edges of
-  // a cropped or skipped region then cannot reach a pixel that is used
-  // (ClipImageTest.DecodingOnlyTheCropChangesNoPixel checks the result against a full decode).
+  // above and beside them where that is not an image edge: the decoder's chroma upsampling
+  // near the edges of a cropped or skipped region then cannot reach a pixel that is used.
+  // Below them no margin: a row, once returned, does not depend on whether later rows are
+  // read. (ClipImageTest.DecodingOnlyTheCropChangesNoPixel checks the result against a full
+  // decode.)
   constexpr int kMargin = 16;
   int x_begin = 0, x_end = dw, y_begin = 0, y_end = dh;
   if (o.decode_only_crop) {
     x_begin = std::max(0, plan.x0 - kMargin);
     x_end = std::min(dw, plan.x1 + kMargin);
     y_begin = std::max(0, plan.y0 - kMargin);
-    y_end = std::min(dh, plan.y1 + kMargin);
+    y_end = plan.y1;
   }
   Scratch& s = ThreadScratch();
-  s.rgb.resize(static_cast<size_t>(dw) * (y_end - y_begin) * 3);
-  s.rows.resize(static_cast<size_t>(y_end - y_begin));
-  int x_out = 0, width_out = 0;
-  if (!ReadRegion(d, x_begin, x_end, y_begin, y_end, s.rgb.data(), s.rows.data(), &x_out, &width_out))
+  s.rgb.resize(static_cast<size_t>(dw) * kStripRows * 3);
+  s.rows.resize(kStripRows);
+  ResizeCrop resize(plan, o.size);
+  const int crop_rows = plan.y1 - plan.y0;  // rows after them are decoded (decode_only_crop off) and dropped
+  auto take = [&resize, crop_rows](const uint8_t* rows, size_t stride, int x_out, int r, int n) {
+    if (r < crop_rows) resize.TakeRows(rows, stride, x_out, r, std::min(n, crop_rows - r));
+  };
+  if (!ReadRegion(d, x_begin, x_end, y_begin, plan.y0, y_end, s.rgb.data(), s.rows.data(), take))
     return InvalidArgumentError("JPEG data is damaged or truncated: " + d.TakeError());
   s.crop.resize(static_cast<size_t>(o.size) * o.size * 3);
-  ResizeCrop(s.rgb.data(), static_cast<size_t>(width_out) * 3, x_out, y_begin, plan, o.size, s.crop.data());
+  resize.Finish(s.crop.data());
   return info;
 }
 
