@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 namespace vlorch::dataflow {
@@ -641,8 +642,68 @@ StatusOr<DecodedImage> DecodeCrop(std::string_view jpeg, const ImageOptions& o) 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("avx2", "default")))
 #endif
-void NormalisePlane(const uint8_t* __restrict p, size_t n, float mean, float std, float* __restrict q) {
+void NormalisePlaneDivide(const uint8_t* __restrict p, size_t n, float mean, float std, float* __restrict q) {
   for (size_t i = 0; i < n; ++i) q[i] = (static_cast<float>(p[i]) / 255.0f - mean) / std;
+}
+
+#ifdef VLORCH_IMAGE_SSE
+// a / b without a division (which bounds the loop above: two per value), by Markstein's
+// correction: with y = 1/b rounded, q = a * y is within an ulp of a / b, the residual
+// a - q * b is exact in one FMA, and q + residual * y rounds to the correctly rounded
+// quotient. NormalisePlane uses it only for constants it has checked on all 256 inputs.
+__attribute__((target("avx2,fma"))) inline __m256 DivideByMarkstein(__m256 a, __m256 b, __m256 y) {
+  const __m256 q = _mm256_mul_ps(a, y);
+  return _mm256_fmadd_ps(_mm256_fnmadd_ps(q, b, a), y, q);
+}
+inline float DivideByMarkstein(float a, float b, float y) {
+  const float q = a * y;
+  return std::fma(std::fma(-q, b, a), y, q);
+}
+
+__attribute__((target("avx2,fma"))) void NormalisePlaneMarkstein(const uint8_t* __restrict p, size_t n, float mean,
+                                                                   float std, float* __restrict q) {
+  const __m256 k255 = _mm256_set1_ps(255.0f), y255 = _mm256_set1_ps(1.0f / 255.0f);
+  const __m256 m = _mm256_set1_ps(mean), s = _mm256_set1_ps(std), ys = _mm256_set1_ps(1.0f / std);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + i))));
+    const __m256 x = _mm256_sub_ps(DivideByMarkstein(v, k255, y255), m);
+    _mm256_storeu_ps(q + i, DivideByMarkstein(x, s, ys));
+  }
+  for (; i < n; ++i) q[i] = (static_cast<float>(p[i]) / 255.0f - mean) / std;
+}
+
+// Whether the FMA path gives the division's bits for every byte value with these constants
+// (it does for CLIP's; checked once per thread and pair of constants, since a user's own
+// constants might land on a case the correction does not cover).
+bool MarksteinIsExact(float mean, float std) {
+  thread_local float last_mean = 0, last_std = 0;
+  thread_local bool last_exact = false, checked = false;
+  if (checked && last_mean == mean && last_std == std) return last_exact;
+  bool exact = true;
+  for (int v = 0; v < 256 && exact; ++v) {
+    const float want = (static_cast<float>(v) / 255.0f - mean) / std;
+    const float got = DivideByMarkstein(DivideByMarkstein(static_cast<float>(v), 255.0f, 1.0f / 255.0f) - mean, std, 1.0f / std);
+    exact = std::memcmp(&want, &got, sizeof want) == 0;
+  }
+  last_mean = mean;
+  last_std = std;
+  last_exact = exact;
+  checked = true;
+  return exact;
+}
+
+bool HaveFma() {
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return yes && !g_portable_kernels.load(std::memory_order_relaxed);
+}
+#endif
+
+void NormalisePlane(const uint8_t* p, size_t n, float mean, float std, float* q) {
+#ifdef VLORCH_IMAGE_SSE
+  if (HaveFma() && MarksteinIsExact(mean, std)) return NormalisePlaneMarkstein(p, n, mean, std, q);
+#endif
+  NormalisePlaneDivide(p, n, mean, std, q);
 }
 
 }  // namespace
