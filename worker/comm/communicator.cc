@@ -25,6 +25,9 @@ Status CommOptions::Validate() const {
   if (ring_segment_bytes < 1024) return InvalidArgumentError("CommOptions.ring_segment_bytes must be >= 1024");
   if (halving_doubling_max_bytes < 0)
     return InvalidArgumentError("CommOptions.halving_doubling_max_bytes must be >= 0 (0: always the ring)");
+  if (shm_allreduce_min_ranks < 0)
+    return InvalidArgumentError("CommOptions.shm_allreduce_min_ranks must be >= 0 (0: never)");
+  if (shm_slot_bytes < 4096) return InvalidArgumentError("CommOptions.shm_slot_bytes must be >= 4096");
   return Status::OK();
 }
 

@@ -9,7 +9,9 @@
 // vlorch's own ring (reduce-scatter then all-gather over MPI_Isend/MPI_Irecv, reductions by
 // ATen's vectorised kernels), or, for power-of-two groups of 4 or more and up to
 // CommOptions::halving_doubling_max_bytes, Rabenseifner's recursive halving then doubling (the
-// same bytes in 2 log2(n) steps instead of 2 (n - 1)); smaller ones through MPI_Iallreduce. The ring matches or beats
+// same bytes in 2 log2(n) steps instead of 2 (n - 1)); smaller ones through MPI_Iallreduce.
+// Groups of at least CommOptions::shm_allreduce_min_ranks ranks that all share a node use a
+// shared-memory segment instead of the ring for those sizes (MPI_Win_allocate_shared; see the .cc). The ring matches or beats
 // Open MPI's blocking MPI_Allreduce where libnbc's MPI_Iallreduce reaches ~0.6 of it
 // (ops/bench/allreduce), and every element is reduced by one rank and then copied, so all
 // ranks end bitwise identical.
@@ -32,7 +34,9 @@ namespace vlorch::comm {
 
 class MpiCommunicator final : public Communicator {
  public:
-  // Takes ownership of `comm` (freed on destruction). Requires an MpiSession.
+  // Takes ownership of `comm` (freed on destruction). Requires an MpiSession. Collective over
+  // `comm` (every rank creates its communicator from it, as after MPI_Comm_split or _dup):
+  // groups on one node map their shared-memory segment here.
   static StatusOr<std::unique_ptr<MpiCommunicator>> Create(MPI_Comm comm, std::string name,
                                                            const CommOptions& options);
   // A new communicator over the same ranks (MPI_Comm_dup), e.g. to isolate a library's traffic.
@@ -46,6 +50,8 @@ class MpiCommunicator final : public Communicator {
   CommBackend backend() const override { return CommBackend::kMpi; }
   uint64_t seq() const override { return seq_; }
   MPI_Comm mpi_comm() const { return comm_; }
+  // Whether large all-reduces go through the group's shared-memory segment.
+  bool shared_memory() const { return shm_ != nullptr; }
 
   Status AllReduce(at::Tensor& tensor, ReduceOp op) override;
   Status AllGather(const at::Tensor& input, at::Tensor& output) override;
@@ -75,6 +81,12 @@ class MpiCommunicator final : public Communicator {
   // Ring all-reduce over point-to-point messages for large tensors (see the .cc).
   Status RingAllReduce(at::Tensor& flat, ReduceOp op);
   Status HalvingDoublingAllReduce(at::Tensor& flat, ReduceOp op);
+  // The shared-memory all-reduce (see the .cc); SetUpShm, run by Create, decides whether this
+  // group can use it (all ranks on one node) and maps the segment.
+  Status ShmAllReduce(at::Tensor& flat, ReduceOp op);
+  Status SetUpShm();
+  // Marks this rank's arrival at barrier number ++shm_gen_ and waits for every rank's.
+  Status ShmSync(const char* what, std::chrono::steady_clock::time_point begin);
   // Scratch for received data of at least `elements` of flat's dtype.
   at::Tensor& Scratch(const at::Tensor& flat, int64_t elements);
   std::string CallName(const char* what) const;
@@ -89,6 +101,10 @@ class MpiCommunicator final : public Communicator {
   struct Abandoned;
   std::vector<std::unique_ptr<Abandoned>> abandoned_;
   std::unique_ptr<at::Tensor> scratch_;  // ring receive buffer, grown on demand
+  struct Shm;
+  std::unique_ptr<Shm> shm_;  // the shared segment, once set up (null: not on one node)
+  uint64_t shm_gen_ = 0;      // barriers passed on the segment
+  uint64_t shm_chunks_ = 0;   // chunks sent through it (their parity picks the slot set)
 };
 
 }  // namespace vlorch::comm

@@ -6,13 +6,15 @@
 //   algbw = bytes / time          busbw = algbw * 2 (n - 1) / n   (nccl-tests' definitions)
 // Arguments: [max MiB=256] [rounds=7] [ring segment KiB] [min MiB] [polls before yielding]
 // [smallest per-rank chunk in KiB that takes the ring] [largest all-reduce in KiB that takes
-// halving-doubling in power-of-two groups of 4+; 0: the ring].
+// halving-doubling in power-of-two groups of 4+; 0: the ring] [smallest group that takes the
+// shared-memory segment when on one node; 0: never] [its slot KiB].
 // Output: a table on rank 0, then "summary <np> <min ratio >= 1MB> <geomean ratio >= 1MB>".
 #include <mpi.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <string>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -56,13 +58,18 @@ int main(int argc, char** argv) {
   if (argc > 5) opts.spin_before_yield = std::atoi(argv[5]);
   if (argc > 6) opts.ring_min_chunk_bytes = std::atoll(argv[6]) << 10;
   if (argc > 7) opts.halving_doubling_max_bytes = std::atoll(argv[7]) << 10;
+  if (argc > 8) opts.shm_allreduce_min_ranks = std::atoi(argv[8]);
+  if (argc > 9) opts.shm_slot_bytes = std::atoll(argv[9]) << 10;
 
   MPI_Comm dup;
   MPI_Comm_dup(MPI_COMM_WORLD, &dup);
   auto comm = std::move(MpiCommunicator::Create(dup, "world", opts)).value();
 
   if (rank == 0) {
-    std::printf("# all-reduce f32 sum, np=%d, %d rounds per size (median), ring segment %lld KiB, time in us\n", n, rounds, (long long)(opts.ring_segment_bytes >> 10));
+    std::printf("# all-reduce f32 sum, np=%d, %d rounds per size (median), %s, time in us\n", n, rounds,
+                comm->shared_memory()
+                    ? ("shared-memory segment, " + std::to_string(opts.shm_slot_bytes >> 10) + " KiB slots").c_str()
+                    : ("ring segment " + std::to_string(opts.ring_segment_bytes >> 10) + " KiB").c_str());
     std::printf("# %10s %12s | %10s %8s %8s | %10s %8s %8s | %6s %6s\n", "bytes", "count", "vlorch_us", "algbw",
                 "busbw", "mpi_us", "algbw", "busbw", "ratio", "a/a");
   }

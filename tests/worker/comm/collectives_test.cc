@@ -345,21 +345,27 @@ TEST(MpiCommunicatorTest, CollectiveThatAPeerNeverEntersTimesOut) {
   ASSERT_TRUE(world.Barrier().ok());
 }
 
-// The large-tensor all-reduces (the ring, and recursive halving/doubling, which power-of-two
-// groups of 4 or more use) forced onto small tensors with 1 KiB segments, so blocks are
-// uneven, span several segments, and can be shorter than a segment or empty. Besides the
-// values, every rank must end with bitwise the same tensor.
+// The large-tensor all-reduces (the ring; recursive halving/doubling, which power-of-two
+// groups of 4 or more use; the shared-memory one of groups on one node) forced onto small
+// tensors with 1 KiB segments and 4 KiB shared-memory slots, so blocks are uneven, span
+// several segments or chunks, and can be shorter than a segment or empty. Besides the values,
+// every rank must end with bitwise the same tensor.
 TEST(MpiCommunicatorTest, RingAllReduceIsExactAndIdenticalOnEveryRank) {
   auto& world = MpiWorld();
   const int n = world.size(), r = world.rank();
-  for (bool halving_doubling : {false, true}) {
+  for (const char* algorithm : {"ring", "halving-doubling", "shared-memory"}) {
+    const std::string a = algorithm;
     comm::CommOptions ring;
     ring.timeout = kTestTimeout;
     ring.ring_min_chunk_bytes = 0;
     ring.ring_segment_bytes = 1024;
-    ring.halving_doubling_max_bytes = halving_doubling ? int64_t{1} << 40 : 0;
-    auto c = world.Duplicate(halving_doubling ? "halving-doubling" : "ring", ring);
+    ring.halving_doubling_max_bytes = a == "halving-doubling" ? int64_t{1} << 40 : 0;
+    ring.shm_allreduce_min_ranks = a == "shared-memory" ? 2 : 0;
+    ring.shm_slot_bytes = 4096;
+    auto c = world.Duplicate(algorithm, ring);
     ASSERT_TRUE(c.ok());
+    // All ranks of these tests run on one machine.
+    EXPECT_EQ((*c)->shared_memory(), a == "shared-memory" && n > 1) << algorithm;
     for (at::ScalarType t : {at::kFloat, at::kBFloat16, at::kHalf, at::kLong}) {
       for (int64_t count : {int64_t{1}, int64_t{3}, int64_t{7}, int64_t{1000}, int64_t{65537}}) {
         for (ReduceOp op : {ReduceOp::kSum, ReduceOp::kMax, ReduceOp::kAvg}) {
@@ -372,7 +378,7 @@ TEST(MpiCommunicatorTest, RingAllReduceIsExactAndIdenticalOnEveryRank) {
           }
           if (op == ReduceOp::kAvg) want = t == at::kLong ? at::div(want, n, "trunc") : want / n;
           ASSERT_TRUE((*c)->AllReduce(x, op).ok());
-          std::string what = std::string(c10::toString(t)) + " " + comm::ReduceOpName(op) + " count " +
+          std::string what = a + " " + c10::toString(t) + " " + comm::ReduceOpName(op) + " count " +
                              std::to_string(count);
           if (op == ReduceOp::kAvg && t != at::kLong && t != at::kFloat) {
             // bf16/f16 averages round the quotient; compare against the rounded expectation.
@@ -386,6 +392,32 @@ TEST(MpiCommunicatorTest, RingAllReduceIsExactAndIdenticalOnEveryRank) {
       }
     }
   }
+}
+
+// A peer that never enters a shared-memory all-reduce: TimedOut naming the call and the rank
+// waited for, and tearing the communicator down afterwards is local (a collective free
+// would hang the ranks that did not time out).
+TEST(MpiCommunicatorTest, SharedMemoryAllReduceThatAPeerNeverEntersTimesOut) {
+  auto& world = MpiWorld();
+  if (world.size() < 2) GTEST_SKIP() << "needs two ranks";
+  comm::CommOptions o;
+  o.timeout = world.rank() == 0 ? std::chrono::milliseconds(300) : kTestTimeout;
+  o.shm_allreduce_min_ranks = 2;
+  o.ring_min_chunk_bytes = 0;
+  {
+    auto probe = world.Duplicate("shm-probe", o);
+    ASSERT_TRUE(probe.ok());
+    ASSERT_TRUE((*probe)->shared_memory());
+    if (world.rank() == 0) {
+      at::Tensor t = at::ones({100000});
+      Status s = (*probe)->AllReduce(t, ReduceOp::kSum);
+      EXPECT_EQ(s.code(), StatusCode::kTimedOut) << s.ToString();
+      EXPECT_NE(s.message().find("allreduce #1 on group 'shm-probe' (rank 0 of"), std::string::npos) << s.message();
+      EXPECT_NE(s.message().find("waiting for rank 1 in shared memory"), std::string::npos) << s.message();
+      EXPECT_EQ((*probe)->Barrier().code(), StatusCode::kFailedPrecondition);
+    }
+  }
+  ASSERT_TRUE(world.Barrier().ok());
 }
 
 TEST(MpiCommunicatorTest, ThreadLevelIsHonoured) {
