@@ -139,6 +139,7 @@ void TransposeBytesScalar(const uint8_t* in, size_t in_stride, int r0, int r1, i
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define VLORCH_IMAGE_SSE 1
+#define VLORCH_IMAGE_SIMD_CALL(call) call
 
 // pshufb masks that gather channel k of 16 RGB pixels (48 bytes in three registers) from
 // register `reg`: byte i takes source byte 3i + k when it lies in that register, else zero.
@@ -277,6 +278,8 @@ bool HaveSsse3() {
   static const bool yes = __builtin_cpu_supports("ssse3");
   return yes && !g_portable_kernels.load(std::memory_order_relaxed);
 }
+#else
+#define VLORCH_IMAGE_SIMD_CALL(call)  // no SIMD kernels on this architecture
 #endif
 
 #ifdef VLORCH_IMAGE_SSE
@@ -379,41 +382,47 @@ void Resample(const uint8_t* in, size_t stride, int row_len, int row_offset, con
   ResampleRows(in, stride, row_len, row_offset, c, out_rows, out, acc);
 }
 
-// RGB rows x cols (row i at in + i * stride) -> three planes [cols][rows] (row stride
-// plane_stride): AVX2 32-row tiles, then SSSE3 16-row tiles, then scalar edges.
-void SplitTranspose(const uint8_t* in, size_t stride, int rows, int cols, uint8_t* const planes[3], size_t plane_stride) {
+// Runs a transpose by its fastest kernels: AVX2 on 32-row tiles, then SSSE3 on the 16-row
+// tiles left, then the scalar loop on the edges (rows past the tiles, and columns past the
+// tiles in the tiled rows). avx2(), sse(first row), scalar(r0, r1, c0, c1).
+template <typename Avx2, typename Sse, typename Scalar>
+void TransposeTiled(int rows, int cols, Avx2 avx2, Sse sse, Scalar scalar) {
   int tiled_rows = 0, tiled_cols = 0;
 #ifdef VLORCH_IMAGE_SSE
   if (HaveAvx2()) {
-    SplitTransposeAvx2(in, stride, rows, cols, planes, plane_stride);
+    avx2();
     tiled_rows = rows / 32 * 32;
   }
   if (HaveSsse3()) {
-    SplitTransposeSse(in, stride, tiled_rows, rows, cols, planes, plane_stride);
+    sse(tiled_rows);
     tiled_rows = rows / 16 * 16;
   }
   if (tiled_rows > 0) tiled_cols = cols / 16 * 16;
+#else
+  (void)avx2;
+  (void)sse;
 #endif
-  SplitTransposeScalar(in, stride, tiled_rows, rows, 0, cols, planes, plane_stride);
-  SplitTransposeScalar(in, stride, 0, tiled_rows, tiled_cols, cols, planes, plane_stride);
+  scalar(tiled_rows, rows, 0, cols);
+  scalar(0, tiled_rows, tiled_cols, cols);
+}
+
+// RGB rows x cols (row i at in + i * stride) -> three planes [cols][rows] (row stride
+// plane_stride).
+void SplitTranspose(const uint8_t* in, size_t stride, int rows, int cols, uint8_t* const planes[3], size_t plane_stride) {
+  TransposeTiled(
+      rows, cols,
+      [&] { VLORCH_IMAGE_SIMD_CALL(SplitTransposeAvx2(in, stride, rows, cols, planes, plane_stride)); },
+      [&](int first) { VLORCH_IMAGE_SIMD_CALL(SplitTransposeSse(in, stride, first, rows, cols, planes, plane_stride)); },
+      [&](int r0, int r1, int c0, int c1) { SplitTransposeScalar(in, stride, r0, r1, c0, c1, planes, plane_stride); });
 }
 
 // Bytes rows x cols (row i at in + i * in_stride) -> cols x rows (row stride out_stride).
 void TransposeBytes(const uint8_t* in, size_t in_stride, int rows, int cols, uint8_t* out, size_t out_stride) {
-  int tiled_rows = 0, tiled_cols = 0;
-#ifdef VLORCH_IMAGE_SSE
-  if (HaveAvx2()) {
-    TransposeBytesAvx2(in, in_stride, rows, cols, out, out_stride);
-    tiled_rows = rows / 32 * 32;
-  }
-  if (HaveSsse3()) {
-    TransposeBytesSse(in, in_stride, tiled_rows, rows, cols, out, out_stride);
-    tiled_rows = rows / 16 * 16;
-  }
-  if (tiled_rows > 0) tiled_cols = cols / 16 * 16;
-#endif
-  TransposeBytesScalar(in, in_stride, tiled_rows, rows, 0, cols, out, out_stride);
-  TransposeBytesScalar(in, in_stride, 0, tiled_rows, tiled_cols, cols, out, out_stride);
+  TransposeTiled(
+      rows, cols,
+      [&] { VLORCH_IMAGE_SIMD_CALL(TransposeBytesAvx2(in, in_stride, rows, cols, out, out_stride)); },
+      [&](int first) { VLORCH_IMAGE_SIMD_CALL(TransposeBytesSse(in, in_stride, first, rows, cols, out, out_stride)); },
+      [&](int r0, int r1, int c0, int c1) { TransposeBytesScalar(in, in_stride, r0, r1, c0, c1, out, out_stride); });
 }
 
 // The resize and crop of one image: torchvision's Resize(int) then CenterCrop(size), in the
