@@ -415,9 +415,11 @@ Status MpiCommunicator::SetUpShm() {
     for (char* c = name + 1; *c; ++c)
       if (*c == '/') *c = '_';
     int fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600);
-    if (fd < 0 || ftruncate(fd, static_cast<off_t>(shm->map_bytes)) != 0 ||
-        posix_fallocate(fd, 0, static_cast<off_t>(shm->map_bytes)) != 0) {
-      why = fmt::format("creating {} ({} bytes): {}", name, shm->map_bytes, std::strerror(errno));
+    int err = fd < 0 ? errno : 0;
+    if (err == 0 && ftruncate(fd, static_cast<off_t>(shm->map_bytes)) != 0) err = errno;
+    if (err == 0) err = posix_fallocate(fd, 0, static_cast<off_t>(shm->map_bytes));  // returns the error
+    if (err != 0) {
+      why = fmt::format("creating {} ({} bytes): {}", name, shm->map_bytes, std::strerror(err));
       if (fd >= 0) close(fd), shm_unlink(name);
       name[0] = 0;
     } else {
