@@ -11,7 +11,7 @@
 // CommOptions::halving_doubling_max_bytes, Rabenseifner's recursive halving then doubling (the
 // same bytes in 2 log2(n) steps instead of 2 (n - 1)); smaller ones through MPI_Iallreduce.
 // Groups of at least CommOptions::shm_allreduce_min_ranks ranks that all share a node use a
-// shared-memory segment instead of the ring for those sizes (MPI_Win_allocate_shared; see the .cc). The ring matches or beats
+// POSIX shared-memory segment instead for those sizes (see the .cc). The ring matches or beats
 // Open MPI's blocking MPI_Allreduce where libnbc's MPI_Iallreduce reaches ~0.6 of it
 // (ops/bench/allreduce), and every element is reduced by one rank and then copied, so all
 // ranks end bitwise identical.
@@ -78,6 +78,9 @@ class MpiCommunicator final : public Communicator {
   Status WaitRange(const char* what, std::vector<MPI_Request>& reqs, size_t first, size_t count,
                    const std::vector<at::Tensor>& keep_alive, std::chrono::steady_clock::time_point begin,
                    MPI_Status* status_out = nullptr);
+  // One idle step of a wait: spins, then yields; true (and the communicator poisoned by
+  // `what`) once the call's deadline, counted from `begin`, has passed.
+  bool IdleOrTimedOut(const char* what, int* spins, std::chrono::steady_clock::time_point begin);
   // Ring all-reduce over point-to-point messages for large tensors (see the .cc).
   Status RingAllReduce(at::Tensor& flat, ReduceOp op);
   Status HalvingDoublingAllReduce(at::Tensor& flat, ReduceOp op);
@@ -103,8 +106,7 @@ class MpiCommunicator final : public Communicator {
   std::unique_ptr<at::Tensor> scratch_;  // ring receive buffer, grown on demand
   struct Shm;
   std::unique_ptr<Shm> shm_;  // the shared segment, once set up (null: not on one node)
-  uint64_t shm_gen_ = 0;      // barriers passed on the segment
-  uint64_t shm_chunks_ = 0;   // chunks sent through it (their parity picks the slot set)
+  uint64_t shm_gen_ = 0;      // barriers passed on the segment (two per chunk)
 };
 
 }  // namespace vlorch::comm
