@@ -1,13 +1,19 @@
-// Random-sample reads from a shard store vs sequential reads of the source tars.
+// Random-sample reads from a shard store vs sequential reads of the source tars, and the two
+// ceilings this machine puts on the benchmark's ratios.
 //
-// usage: bench_shard_read tar|store STORE SAMPLES TAR...   (one phase per run, so the
-// caller can drop the page cache before each); VLORCH_BENCH_READERS=N (default 1): the store
-// phase reads with N threads, as a loader's reader pool does
+// usage: bench_shard_read tar|store|ideal|validate STORE SAMPLES TAR...   (one phase per
+// run, so the caller can drop the page cache before each); VLORCH_BENCH_READERS=N
+// (default 1): the store and ideal phases read with N threads, as a loader's reader pool does
 // Baseline: every member of every tar read in order with libarchive (what a tar-streaming
-// loader does), counted as samples/s (one sample = one .jpg member). Store: SAMPLES reads of
-// uniformly random indices with their images (what a shuffling loader does), split over
-// the reader threads. Same process,
-// page cache state as the caller leaves it; prints "summary <phase>_sps=X".
+// loader does), counted as samples/s (one sample = one .jpg member). Store: every sample read
+// once with its image, in a random order (one epoch of a shuffling loader), split over the
+// reader threads. Ideal: the tars' own bytes read as a store at the device's limit would
+// read them: one pread per sample-sized block, every block once, in a random order, with the
+// same threads (no lookup, no checksum): the most random reads can give on this disk.
+// Validate: every .jpg member, already in memory, put through the ingest's JPEG check on
+// `hardware_concurrency` threads: what an ingest on this CPU can reach at best. Same process,
+// page cache state as the caller leaves it; prints "summary <phase>_sps=X" (validate also
+// "validate_mbps=X").
 #include <archive.h>
 #include <archive_entry.h>
 
@@ -21,10 +27,101 @@
 #include <string>
 #include <vector>
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "sharding/jpeg_check.h"
 #include "sharding/shard_store.h"
 
 namespace {
 double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+int Readers() {
+  const char* readers = std::getenv("VLORCH_BENCH_READERS");
+  return std::max(1, readers ? std::atoi(readers) : 1);
+}
+
+// Every .jpg member of the tars, read into memory.
+std::vector<std::string> ReadJpegs(int argc, char** argv) {
+  std::vector<std::string> out;
+  for (int i = 4; i < argc; ++i) {
+    archive* a = archive_read_new();
+    archive_read_support_format_tar(a);
+    if (archive_read_open_filename(a, argv[i], 1 << 20) != ARCHIVE_OK) std::exit(1);
+    archive_entry* e;
+    while (archive_read_next_header(a, &e) == ARCHIVE_OK) {
+      std::string name = archive_entry_pathname(e);
+      if (name.size() < 4 || name.substr(name.size() - 4) != ".jpg") continue;
+      std::string bytes(archive_entry_size(e), '\0');
+      if (archive_read_data(a, bytes.data(), bytes.size()) != static_cast<la_ssize_t>(bytes.size())) std::exit(1);
+      out.push_back(std::move(bytes));
+    }
+    archive_read_free(a);
+  }
+  return out;
+}
+
+// Runs fn(t) on `threads` threads and returns the seconds it took.
+template <typename Fn>
+double Timed(int threads, Fn fn) {
+  double t0 = Now();
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) pool.emplace_back(fn, t);
+  for (auto& th : pool) th.join();
+  return Now() - t0;
+}
+
+int Ideal(int argc, char** argv, long samples) {
+  // Block size: the tars' bytes per sample, so the ideal store reads as many bytes per sample
+  // as the tar stream does.
+  struct Block {
+    int fd;
+    off_t offset;
+  };
+  std::vector<Block> blocks;
+  size_t total = 0;
+  for (int i = 4; i < argc; ++i) {
+    int fd = ::open(argv[i], O_RDONLY);
+    if (fd < 0) return 1;
+    total += ::lseek(fd, 0, SEEK_END);
+    blocks.push_back({fd, 0});
+  }
+  const size_t block = total / samples;
+  std::vector<Block> all;
+  for (const Block& f : blocks) {
+    const off_t size = ::lseek(f.fd, 0, SEEK_END);
+    for (off_t o = 0; o + static_cast<off_t>(block) <= size; o += block) all.push_back({f.fd, o});
+  }
+  std::shuffle(all.begin(), all.end(), std::mt19937_64(7));
+  const int threads = Readers();
+  std::atomic<size_t> bytes{0};
+  double s = Timed(threads, [&](int t) {
+    std::vector<char> buf(block);
+    for (size_t i = t; i < all.size(); i += threads) bytes += ::pread(all[i].fd, buf.data(), block, all[i].offset);
+  });
+  std::printf("ideal random reads of the tars' bytes, %d reader(s): %zu blocks of %zu bytes, %.1f MB in %.3f s = %.0f "
+              "samples/s\n", threads, all.size(), block, bytes.load() / 1e6, s, all.size() / s);
+  std::printf("summary ideal_sps=%.1f\n", all.size() / s);
+  return 0;
+}
+
+int ValidateAll(int argc, char** argv) {
+  const std::vector<std::string> jpegs = ReadJpegs(argc, argv);
+  size_t total = 0;
+  for (const auto& j : jpegs) total += j.size();
+  const int threads = std::max(1u, std::thread::hardware_concurrency());
+  std::atomic<size_t> next{0};
+  std::atomic<bool> failed{false};
+  double s = Timed(threads, [&](int) {
+    for (size_t i; (i = next.fetch_add(1)) < jpegs.size();)
+      if (!vlorch::sharding::CheckJpeg(jpegs[i]).ok) failed = true;
+  });
+  if (failed) return 1;
+  std::printf("JPEG validation alone, %d threads, images in memory: %zu images, %.1f MB in %.3f s = %.1f MB/s\n",
+              threads, jpegs.size(), total / 1e6, s, total / 1e6 / s);
+  std::printf("summary validate_mbps=%.1f\n", total / 1e6 / s);
+  return 0;
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -35,6 +132,8 @@ int main(int argc, char** argv) {
   const std::string phase = argv[1];
   const std::string dir = argv[2];
   const long samples = std::atol(argv[3]);
+  if (phase == "ideal") return Ideal(argc, argv, samples);
+  if (phase == "validate") return ValidateAll(argc, argv);
   if (phase == "tar") {
 
   double t0 = Now();
@@ -68,17 +167,17 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "%s\n", store.status().ToString().c_str());
     return 1;
   }
-  const uint64_t n = (*store)->num_samples();
-  const char* readers = std::getenv("VLORCH_BENCH_READERS");
-  const int threads = std::max(1, readers ? std::atoi(readers) : 1);
+  // One epoch: every sample once, in a random order (SAMPLES, when non-zero, caps it).
+  std::vector<uint64_t> order((*store)->num_samples());
+  for (uint64_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::shuffle(order.begin(), order.end(), std::mt19937_64(42));
+  if (samples > 0 && static_cast<size_t>(samples) < order.size()) order.resize(samples);
+  const int threads = Readers();
   std::atomic<size_t> bytes{0};
   std::atomic<bool> failed{false};
-  double t0 = Now();
-  std::vector<std::thread> pool;
-  for (int t = 0; t < threads; ++t) pool.emplace_back([&, t] {
-    std::mt19937_64 rng(42 + t);
-    for (long i = t; i < samples; i += threads) {
-      auto s = (*store)->Get(rng() % n, true);
+  const double store_s = Timed(threads, [&](int t) {
+    for (size_t i = t; i < order.size(); i += threads) {
+      auto s = (*store)->Get(order[i], true);
       if (!s.ok()) {
         std::fprintf(stderr, "%s\n", s.status().ToString().c_str());
         failed = true;
@@ -87,11 +186,9 @@ int main(int argc, char** argv) {
       bytes += s->image.size();
     }
   });
-  for (auto& th : pool) th.join();
   if (failed) return 1;
-  double store_s = Now() - t0;
-  std::printf("store random, %d reader(s): %ld samples, %.1f MB in %.3f s = %.0f samples/s\n", threads, samples, bytes.load() / 1e6, store_s,
-              samples / store_s);
-  std::printf("summary store_sps=%.1f\n", samples / store_s);
+  std::printf("store random, %d reader(s): %zu samples, %.1f MB in %.3f s = %.0f samples/s\n", threads,
+              order.size(), bytes.load() / 1e6, store_s, order.size() / store_s);
+  std::printf("summary store_sps=%.1f\n", order.size() / store_s);
   return 0;
 }
