@@ -7,7 +7,7 @@
 # sequential stream, as the issue defines it. Two ceilings are measured in the same run, so
 # the ratios can be read against what this machine allows: JPEG validation alone on every
 # core (the ingest's CPU bound) and an ideal random reader of the tars' own bytes (one pread
-# per sample-sized block, 32 threads, more than the store needs: the disk's bound on random
+# per sample-sized block, no readahead, 32 threads: the disk's bound on random
 # reads).
 set -euo pipefail
 ninja -C "$VLORCH_BUILD_DIR" vlorch bench_shard_read >/dev/null
@@ -36,11 +36,19 @@ echo "disk sequential write (1 GiB, fsync): ${disk_mbs} MB/s"
 
 sync
 t0=$(date +%s.%N)
-"$V" shards ingest --format img2dataset --store "$work/store" "$work"/src/*.tar | tail -n +1 | head -1
+# The summary line is taken from the captured output: a pipe into `head -1` could kill the
+# ingest's last writes with SIGPIPE and, under pipefail, the benchmark with it. Progress
+# lines go to a log, shown only if the ingest fails.
+if ! ingest_out=$("$V" shards ingest --format img2dataset --store "$work/store" "$work"/src/*.tar 2>"$work/ingest.log"); then
+  cat "$work/ingest.log" >&2; exit 1
+fi
+echo "$ingest_out" | head -1
 sync
 t1=$(date +%s.%N)
-img_mb=$("$V" shards stat --store "$work/store" --json | awk -F': ' '/"image_bytes"/{gsub(",","",$2); printf "%.1f", $2/1e6; exit}')
-samples=$("$V" shards stat --store "$work/store" --json | awk -F': ' '/"samples"/{gsub(",","",$2); print $2; exit}')
+# Parsed from a captured copy: awk's early exit would SIGPIPE the command feeding it.
+stat_json=$("$V" shards stat --store "$work/store" --json)
+img_mb=$(awk -F': ' '/"image_bytes"/{gsub(",","",$2); printf "%.1f", $2/1e6; exit}' <<<"$stat_json")
+samples=$(awk -F': ' '/"samples"/{gsub(",","",$2); print $2; exit}' <<<"$stat_json")
 ingest_mbs=$(awk -v m="$img_mb" -v s="$t0" -v e="$t1" 'BEGIN{printf "%.1f", m/(e-s)}')
 ingest_sps=$(awk -v n="$samples" -v s="$t0" -v e="$t1" 'BEGIN{printf "%.0f", n/(e-s)}')
 echo "ingest: $samples samples, ${img_mb} MB of JPEG in $(awk -v s="$t0" -v e="$t1" 'BEGIN{printf "%.2f", e-s}') s = ${ingest_mbs} MB/s, ${ingest_sps} samples/s (validation decodes every image)"

@@ -8,8 +8,8 @@
 // loader does), counted as samples/s (one sample = one .jpg member). Store: every sample read
 // once with its image, in a random order (one epoch of a shuffling loader), split over the
 // reader threads. Ideal: the tars' own bytes read as a store at the device's limit would
-// read them: one pread per sample-sized block, every block once, in a random order, with the
-// same threads (no lookup, no checksum): the most random reads can give on this disk.
+// read them: one pread per sample-sized block, every block once, in a random order, without
+// readahead (no lookup, no checksum): the most random reads can give on this disk.
 // Validate: every .jpg member, already in memory, put through the ingest's JPEG check on
 // `hardware_concurrency` threads: what an ingest on this CPU can reach at best. Same process,
 // page cache state as the caller leaves it; prints "summary <phase>_sps=X" (validate also
@@ -83,6 +83,10 @@ int Ideal(int argc, char** argv, long samples) {
   for (int i = 4; i < argc; ++i) {
     int fd = ::open(argv[i], O_RDONLY);
     if (fd < 0) return 1;
+    // No readahead, as a store must read a dataset larger than memory (RocksDB advises the
+    // same on its files): with it, each miss would also fetch the next blocks, which a
+    // random order reads later from the page cache only while the whole dataset fits there.
+    ::posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
     total += ::lseek(fd, 0, SEEK_END);
     blocks.push_back({fd, 0});
   }
