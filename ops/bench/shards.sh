@@ -42,7 +42,7 @@ t0=$(date +%s.%N)
 if ! ingest_out=$("$V" shards ingest --format img2dataset --store "$work/store" "$work"/src/*.tar 2>"$work/ingest.log"); then
   cat "$work/ingest.log" >&2; exit 1
 fi
-echo "$ingest_out" | head -1
+echo "${ingest_out%%$'\n'*}"
 sync
 t1=$(date +%s.%N)
 # Parsed from a captured copy: awk's early exit would SIGPIPE the command feeding it.
@@ -66,29 +66,32 @@ store8_out=$(VLORCH_BENCH_READERS=8 "$VLORCH_BUILD_DIR/ops/bench/bench_shard_rea
 cache4=$(drop)
 ideal_out=$(VLORCH_BENCH_READERS=32 "$VLORCH_BUILD_DIR/ops/bench/bench_shard_read" ideal "$work/store" "$samples" "$work"/src/*.tar)
 validate_out=$("$VLORCH_BUILD_DIR/ops/bench/bench_shard_read" validate "$work/store" 0 "$work"/src/*.tar)
-# Warm: the same two readers again with everything in the page cache (a dataset smaller
-# than RAM after its first epoch); for reference, the ratio line stays on the cold runs.
-"$VLORCH_BUILD_DIR/ops/bench/bench_shard_read" tar "$work/store" 0 "$work"/src/*.tar >/dev/null
+# Warm: the same two readers again, with everything in the page cache (a dataset smaller
+# than RAM after its first epoch); for reference, the ratio lines stay on the cold runs. The
+# validation phase has just read every tar; one epoch of the store loads the store.
 VLORCH_BENCH_READERS=8 "$VLORCH_BUILD_DIR/ops/bench/bench_shard_read" store "$work/store" 0 "$work"/src/*.tar >/dev/null
 warm_tar=$("$VLORCH_BUILD_DIR/ops/bench/bench_shard_read" tar "$work/store" 0 "$work"/src/*.tar)
 warm_store=$(VLORCH_BENCH_READERS=8 "$VLORCH_BUILD_DIR/ops/bench/bench_shard_read" store "$work/store" 0 "$work"/src/*.tar)
-echo "$tar_out" | grep -v '^summary' | sed "s/\$/ ($cache cache)/"
-echo "$store_out" | grep -v '^summary' | sed "s/\$/ ($cache2 cache)/"
-echo "$store8_out" | grep -v '^summary' | sed "s/\$/ ($cache3 cache)/"
-echo "$ideal_out" | grep -v '^summary' | sed "s/\$/ ($cache4 cache)/"
-echo "$validate_out" | grep -v '^summary'
-rsps=$(echo "$store_out" | awk -F'store_sps=' '/^summary/{print $2}')
-rsps8=$(echo "$store8_out" | awk -F'store_sps=' '/^summary/{print $2}')
-tsps=$(echo "$tar_out" | awk -F'tar_sps=' '/^summary/{print $2}')
-isps=$(echo "$ideal_out" | awk -F'ideal_sps=' '/^summary/{print $2}')
-vmbps=$(echo "$validate_out" | awk -F'validate_mbps=' '/^summary/{print $2}')
-echo "$warm_tar" | grep -v '^summary' | sed "s/\$/ (warm cache)/"
-echo "$warm_store" | grep -v '^summary' | sed "s/\$/ (warm cache)/"
-wtsps=$(echo "$warm_tar" | awk -F'tar_sps=' '/^summary/{print $2}')
-wrsps=$(echo "$warm_store" | awk -F'store_sps=' '/^summary/{print $2}')
-echo "warm: random reads (8 readers) at $(awk -v a="$wrsps" -v b="$wtsps" 'BEGIN{printf "%.2f", a/b}') of the tar's sequential samples/s"
-echo "one reader: random reads at $(awk -v a="$rsps" -v b="$tsps" 'BEGIN{printf "%.2f", a/b}') of the tar's sequential samples/s"
-echo "ceiling, reads: the ideal random reader reaches $(awk -v a="$isps" -v b="$tsps" 'BEGIN{printf "%.2f", a/b}') of the tar's sequential samples/s; the store $(awk -v a="$rsps8" -v b="$isps" 'BEGIN{printf "%.2f", a/b}') of the ideal"
-echo "ceiling, ingest: validation alone runs at $(awk -v a="$vmbps" -v b="$disk_mbs" 'BEGIN{printf "%.2f", a/b}') of the disk's write speed; the ingest at $(awk -v a="$ingest_mbs" -v b="$vmbps" 'BEGIN{printf "%.2f", a/b}') of validation alone"
-echo "ratio ingest_MBps_over_disk_write = $(awk -v a="$ingest_mbs" -v b="$disk_mbs" 'BEGIN{printf "%.2f", a/b}') (target 0.5)"
-echo "ratio random_read_sps(8 readers)_over_tar_sequential_sps = $(awk -v a="$rsps8" -v b="$tsps" 'BEGIN{printf "%.2f", a/b}') (target 2)"
+# show OUTPUT CACHE: a phase's lines but its summary; summary OUTPUT NAME: the value it gave;
+# ratio A B: A / B to two places.
+show() { grep -v '^summary' <<<"$1" | sed "s/\$/ ($2 cache)/"; }
+summary() { awk -F"$2=" '/^summary/{print $2}' <<<"$1"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a/b}'; }
+show "$tar_out" "$cache"
+show "$store_out" "$cache2"
+show "$store8_out" "$cache3"
+show "$ideal_out" "$cache4"
+grep -v '^summary' <<<"$validate_out"
+show "$warm_tar" warm
+show "$warm_store" warm
+rsps=$(summary "$store_out" store_sps)
+rsps8=$(summary "$store8_out" store_sps)
+tsps=$(summary "$tar_out" tar_sps)
+isps=$(summary "$ideal_out" ideal_sps)
+vmbps=$(summary "$validate_out" validate_mbps)
+echo "warm: random reads (8 readers) at $(ratio "$(summary "$warm_store" store_sps)" "$(summary "$warm_tar" tar_sps)") of the tar's sequential samples/s"
+echo "one reader: random reads at $(ratio "$rsps" "$tsps") of the tar's sequential samples/s"
+echo "ceiling, reads: the ideal random reader reaches $(ratio "$isps" "$tsps") of the tar's sequential samples/s; the store $(ratio "$rsps8" "$isps") of the ideal"
+echo "ceiling, ingest: validation alone runs at $(ratio "$vmbps" "$disk_mbs") of the disk's write speed; the ingest at $(ratio "$ingest_mbs" "$vmbps") of validation alone"
+echo "ratio ingest_MBps_over_disk_write = $(ratio "$ingest_mbs" "$disk_mbs") (target 0.5)"
+echo "ratio random_read_sps(8 readers)_over_tar_sequential_sps = $(ratio "$rsps8" "$tsps") (target 2)"

@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "sharding/jpeg_check.h"
+#include "sharding/readers.h"
 #include "sharding/shard_store.h"
 
 namespace {
@@ -39,26 +40,6 @@ double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::n
 int Readers() {
   const char* readers = std::getenv("VLORCH_BENCH_READERS");
   return std::max(1, readers ? std::atoi(readers) : 1);
-}
-
-// Every .jpg member of the tars, read into memory.
-std::vector<std::string> ReadJpegs(int argc, char** argv) {
-  std::vector<std::string> out;
-  for (int i = 4; i < argc; ++i) {
-    archive* a = archive_read_new();
-    archive_read_support_format_tar(a);
-    if (archive_read_open_filename(a, argv[i], 1 << 20) != ARCHIVE_OK) std::exit(1);
-    archive_entry* e;
-    while (archive_read_next_header(a, &e) == ARCHIVE_OK) {
-      std::string name = archive_entry_pathname(e);
-      if (name.size() < 4 || name.substr(name.size() - 4) != ".jpg") continue;
-      std::string bytes(archive_entry_size(e), '\0');
-      if (archive_read_data(a, bytes.data(), bytes.size()) != static_cast<la_ssize_t>(bytes.size())) std::exit(1);
-      out.push_back(std::move(bytes));
-    }
-    archive_read_free(a);
-  }
-  return out;
 }
 
 // Runs fn(t) on `threads` threads and returns the seconds it took.
@@ -72,30 +53,29 @@ double Timed(int threads, Fn fn) {
 }
 
 int Ideal(int argc, char** argv, long samples) {
-  // Block size: the tars' bytes per sample, so the ideal store reads as many bytes per sample
-  // as the tar stream does.
   struct Block {
     int fd;
     off_t offset;
   };
-  std::vector<Block> blocks;
-  size_t total = 0;
+  std::vector<int> fds;
+  std::vector<off_t> sizes;
+  off_t total = 0;
   for (int i = 4; i < argc; ++i) {
-    int fd = ::open(argv[i], O_RDONLY);
-    if (fd < 0) return 1;
+    fds.push_back(::open(argv[i], O_RDONLY));
+    if (fds.back() < 0) return 1;
     // No readahead, as a store must read a dataset larger than memory (RocksDB advises the
     // same on its files): with it, each miss would also fetch the next blocks, which a
     // random order reads later from the page cache only while the whole dataset fits there.
-    ::posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
-    total += ::lseek(fd, 0, SEEK_END);
-    blocks.push_back({fd, 0});
+    ::posix_fadvise(fds.back(), 0, 0, POSIX_FADV_RANDOM);
+    sizes.push_back(::lseek(fds.back(), 0, SEEK_END));
+    total += sizes.back();
   }
-  const size_t block = total / samples;
+  // Block size: the tars' bytes per sample, so the ideal store reads as many bytes per sample
+  // as the tar stream does.
+  const size_t block = static_cast<size_t>(total / samples);
   std::vector<Block> all;
-  for (const Block& f : blocks) {
-    const off_t size = ::lseek(f.fd, 0, SEEK_END);
-    for (off_t o = 0; o + static_cast<off_t>(block) <= size; o += block) all.push_back({f.fd, o});
-  }
+  for (size_t f = 0; f < fds.size(); ++f)
+    for (off_t o = 0; o + static_cast<off_t>(block) <= sizes[f]; o += block) all.push_back({fds[f], o});
   std::shuffle(all.begin(), all.end(), std::mt19937_64(7));
   const int threads = Readers();
   std::atomic<size_t> bytes{0};
@@ -106,13 +86,31 @@ int Ideal(int argc, char** argv, long samples) {
   std::printf("ideal random reads of the tars' bytes, %d reader(s): %zu blocks of %zu bytes, %.1f MB in %.3f s = %.0f "
               "samples/s\n", threads, all.size(), block, bytes.load() / 1e6, s, all.size() / s);
   std::printf("summary ideal_sps=%.1f\n", all.size() / s);
+  for (int fd : fds) ::close(fd);
   return 0;
 }
 
 int ValidateAll(int argc, char** argv) {
-  const std::vector<std::string> jpegs = ReadJpegs(argc, argv);
+  // The images as the ingest gets them: through its own img2dataset reader.
+  std::vector<std::string> jpegs;
   size_t total = 0;
-  for (const auto& j : jpegs) total += j.size();
+  for (int i = 4; i < argc; ++i) {
+    auto reader = vlorch::sharding::OpenImg2DatasetTar(argv[i]);
+    if (!reader.ok()) {
+      std::fprintf(stderr, "%s\n", reader.status().ToString().c_str());
+      return 1;
+    }
+    for (vlorch::sharding::RawRecord raw;;) {
+      auto more = (*reader)->Next(&raw);
+      if (!more.ok()) {
+        std::fprintf(stderr, "%s\n", more.status().ToString().c_str());
+        return 1;
+      }
+      if (!*more) break;
+      total += raw.image.size();
+      jpegs.push_back(std::move(raw.image));
+    }
+  }
   const int threads = std::max(1u, std::thread::hardware_concurrency());
   std::atomic<size_t> next{0};
   std::atomic<bool> failed{false};
