@@ -1,11 +1,13 @@
 #include "common/durable_file.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
 #include <filesystem>
+#include <string>
 
 namespace vlorch {
 
@@ -49,6 +51,48 @@ Status WriteFileAtomically(const std::string& path, const std::string& data, boo
   if (!sync) return Status::OK();
   std::string dir = std::filesystem::path(path).parent_path().string();
   return FsyncPath(dir.empty() ? "." : dir, true);
+}
+
+StatusOr<std::string> ReadRegularFile(const std::string& path, size_t max_bytes) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) {
+    if (errno == ENOENT) return NotFoundError(path + " does not exist");
+    return ErrnoError("open", path, errno);
+  }
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    return ErrnoError("stat", path, err);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return InvalidArgumentError(path + " is not a regular file (a FIFO, device or directory): name the file itself");
+  }
+  if (static_cast<uint64_t>(st.st_size) > max_bytes) {
+    ::close(fd);
+    return InvalidArgumentError(path + " is " + std::to_string(st.st_size) + " bytes, over the limit of " +
+                                std::to_string(max_bytes) + " bytes for this kind of file");
+  }
+  // No fmt in this file: the `vlorch` front end links it and no libfmt.
+  // Clear O_NONBLOCK (meaningless for regular files, but keep reads ordinary).
+  ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+  std::string out(static_cast<size_t>(st.st_size), '\0');
+  size_t got = 0;
+  while (got < out.size()) {
+    const ssize_t n = ::read(fd, out.data() + got, out.size() - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const int err = errno;
+      ::close(fd);
+      return ErrnoError("read", path, err);
+    }
+    if (n == 0) break;  // shrank meanwhile
+    got += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  out.resize(got);
+  return out;
 }
 
 }  // namespace vlorch

@@ -19,4 +19,9 @@ Status WriteFileAtomically(const std::string& path, const std::string& data, boo
 // fsync of a file or directory by path.
 Status FsyncPath(const std::string& path, bool directory);
 
+// Reads a file named by outside input (a job spec, a hostfile): it must be a regular file
+// (a FIFO, device or directory is refused without blocking: opened O_NONBLOCK) of at most
+// `max_bytes`. Errors name the path and what to do.
+StatusOr<std::string> ReadRegularFile(const std::string& path, size_t max_bytes);
+
 }  // namespace vlorch

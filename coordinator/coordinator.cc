@@ -1,5 +1,7 @@
 #include "coordinator/coordinator.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -15,9 +17,14 @@
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
 
+#include "common/durable_file.h"
 #include "common/host.h"
 #include "common/logging.h"
+#include "common/secret.h"
+#include "common/utf8.h"
+#include "coordinator/http_client.h"
 #include "coordinator/http_server.h"
+#include "coordinator/job_env.h"
 #include "coordinator/launcher.h"
 #include "coordinator/state_store.h"
 #include "jobs/job_plan.h"
@@ -29,6 +36,9 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr size_t kMaxJobs = 100000;
+constexpr int kMaxRanksPerJob = 65536;
+// Text from worker messages kept in records and events (causes, stage names, paths).
+constexpr size_t kMaxCauseBytes = 2000;
 constexpr int64_t kMaxLogRead = 1 << 20;
 
 std::string Dump(const nlohmann::json& j) { return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); }
@@ -50,8 +60,13 @@ HttpResponse FromStatus(const Status& s) {
   }
 }
 
+// "localhost" or a loopback IP address, parsed (so "127.0.0.1.evil.example" is not one).
 bool IsLoopback(const std::string& address) {
-  return address == "127.0.0.1" || address == "::1" || address == "localhost" || address.rfind("127.", 0) == 0;
+  if (address == "localhost") return true;
+  in_addr v4{};
+  if (::inet_pton(AF_INET, address.c_str(), &v4) == 1) return (ntohl(v4.s_addr) >> 24) == 127;
+  in6_addr v6{};
+  return ::inet_pton(AF_INET6, address.c_str(), &v6) == 1 && IN6_IS_ADDR_LOOPBACK(&v6);
 }
 
 std::string DefaultWorkerBinary() {
@@ -73,10 +88,27 @@ std::string Sanitize(const std::string& name) {
   return out.substr(0, 48);
 }
 
-StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return NotFoundError(fmt::format("{} cannot be read", path));
-  return std::string(std::istreambuf_iterator<char>(in), {});
+// Host header without its port: "127.0.0.1:7010" -> "127.0.0.1", "[::1]:7010" -> "::1".
+std::string HostOnly(const std::string& header) {
+  if (!header.empty() && header[0] == '[') {
+    const auto close = header.find(']');
+    return close == std::string::npos ? header : header.substr(1, close - 1);
+  }
+  const auto colon = header.find(':');
+  if (colon != std::string::npos && header.find(':', colon + 1) == std::string::npos) return header.substr(0, colon);
+  return header;
+}
+
+// A worker message's text fields as they may be kept: valid UTF-8, bounded.
+ControlMessage Sanitized(ControlMessage m) {
+  for (std::string* s : {&m.host, &m.stage, &m.spec, &m.run_dir, &m.checkpoint})
+    *s = SanitizeUtf8(*s, 1024);
+  m.cause = SanitizeUtf8(m.cause, kMaxCauseBytes);
+  if (m.collective) {
+    m.collective->group = SanitizeUtf8(m.collective->group, 256);
+    m.collective->op = SanitizeUtf8(m.collective->op, 256);
+  }
+  return m;
 }
 
 std::string JoinArgv(const std::vector<std::string>& argv) {
@@ -106,10 +138,8 @@ Coordinator::~Coordinator() { Stop(); }
 
 StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptions options) {
   if (options.state_dir.empty()) return InvalidArgumentError("the coordinator needs a state directory (--state-dir)");
-  if (!IsLoopback(options.http_address) && options.token.empty())
-    return InvalidArgumentError(fmt::format("HTTP bind address {} is not loopback: pass --token (or set VLORCH_TOKEN) so "
-                                            "requests from other hosts must authenticate",
-                                            options.http_address));
+  RETURN_IF_ERROR(CheckOperatorAllowList(options.allow_env));
+  if (options.max_attached_jobs < 0) return InvalidArgumentError("max_attached_jobs must be >= 0");
   if (options.worker_binary.empty()) options.worker_binary = DefaultWorkerBinary();
   // One connection per worker rank: thousands of descriptors for large jobs.
   rlimit lim{};
@@ -124,6 +154,7 @@ StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptions opt
   std::unique_ptr<Coordinator> c(new Coordinator(std::move(options)));
   c->started_at_ = Now();
   ASSIGN_OR_RETURN(c->store_, StateStore::Open((fs::path(c->options_.state_dir) / "db").string()));
+  RETURN_IF_ERROR(c->SetUpToken());
 
   auto ctx = std::make_shared<zmq::context_t>(1);
   auto sock = std::make_shared<zmq::socket_t>(*ctx, zmq::socket_type::router);
@@ -143,6 +174,16 @@ StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptions opt
   Coordinator* self = c.get();
   ASSIGN_OR_RETURN(c->http_, HttpServer::Start(c->options_.http_address, c->options_.http_port,
                                                [self](const HttpRequest& r) { return self->Route(r); }));
+  if (c->options_.publish_token) {
+    c->published_token_path_ = TokenDiscoveryPath(c->http_->port());
+    Status published = WriteSecretFile(c->published_token_path_, c->token_);
+    if (!published.ok()) {
+      VLOG_WARNING("coordinator: cannot publish the API token for local clients ({}); pass --token or set "
+                   "VLORCH_TOKEN from {}",
+                   published.message(), (fs::path(c->options_.state_dir) / "http-token").string());
+      c->published_token_path_.clear();
+    }
+  }
   c->receiver_ = std::thread([self, ctx, sock]() mutable {
     zmq::pollitem_t item{static_cast<void*>(*sock), 0, ZMQ_POLLIN, 0};
     std::vector<zmq::message_t> parts;
@@ -163,14 +204,23 @@ StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptions opt
           auto m = DecodeMessage(parts[1].to_string_view());
           if (!m.ok()) {
             ++self->msgs_malformed_;
-            VLOG_WARNING("control plane: dropped a malformed message: {}", m.status().message());
+            VLOG_WARNING("control plane: dropped a malformed message: {}", SanitizeUtf8(m.status().message(), 500));
             continue;
           }
-          batch.push_back(std::move(*m));
+          batch.push_back(Sanitized(std::move(*m)));
         }
         if (!batch.empty()) {
+          const auto specs = self->PreloadAttachSpecs(batch);
           std::lock_guard<std::mutex> lock(self->mu_);
-          for (const auto& m : batch) self->Handle(m);
+          for (const auto& m : batch) {
+            try {
+              self->Handle(m, specs);
+            } catch (const std::exception& e) {  // a bug, but never one that ends the daemon
+              ++self->msgs_malformed_;
+              VLOG_ERROR("control plane: a {} message of job {} rank {} failed: {}", MessageTypeName(m.type), m.job,
+                         m.rank, e.what());
+            }
+          }
         }
         // A short batch means the queue is drained: let messages gather for a moment rather
         // than wake up (and make ZeroMQ's I/O thread signal) for each one. Heartbeats and
@@ -192,6 +242,11 @@ void Coordinator::Stop() {
   if (stop_.exchange(true)) return;
   RequestShutdown();
   if (http_) http_->Stop();
+  if (!published_token_path_.empty()) {
+    // Only our own publication: a later coordinator on the port may have replaced it.
+    auto current = ReadSecretFile(published_token_path_);
+    if (current.ok() && *current == token_) ::unlink(published_token_path_.c_str());
+  }
   if (receiver_.joinable()) receiver_.join();
   if (supervisor_.joinable()) supervisor_.join();
   std::vector<std::pair<std::string, std::vector<RankInfo>>> metrics;
@@ -221,6 +276,47 @@ bool Coordinator::WaitFor(double seconds) {
 }
 
 int Coordinator::http_port() const { return http_ ? http_->port() : 0; }
+
+Status Coordinator::SetUpToken() {
+  if (!options_.token.empty()) {
+    if (options_.token.size() < 16)
+      return InvalidArgumentError("the API token must be at least 16 characters (leave --token empty and the "
+                                  "coordinator makes one)");
+    token_ = options_.token;
+    return Status::OK();
+  }
+  const std::string path = (fs::path(options_.state_dir) / "http-token").string();
+  auto kept = ReadSecretFile(path);
+  if (kept.ok() && kept->size() >= 32) {
+    token_ = *kept;
+    return Status::OK();
+  }
+  if (!kept.ok() && kept.status().code() != StatusCode::kNotFound) return kept.status();
+  ASSIGN_OR_RETURN(token_, RandomHexToken(32));
+  return WriteSecretFile(path, token_);
+}
+
+std::map<std::string, std::shared_ptr<const JobSpec>> Coordinator::PreloadAttachSpecs(
+    const std::vector<ControlMessage>& batch) {
+  std::map<std::string, std::string> wanted;  // job -> spec path
+  for (const auto& m : batch) {
+    if (m.type == MessageType::kRegister && m.attach && !m.spec.empty()) wanted.emplace(m.job, m.spec);
+  }
+  std::map<std::string, std::shared_ptr<const JobSpec>> out;
+  if (wanted.empty()) return out;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = wanted.begin(); it != wanted.end();) it = Find(it->first) ? wanted.erase(it) : std::next(it);
+  }
+  // Outside mu_: the path comes from a peer. LoadJobSpec reads regular files only, bounded,
+  // and never blocks on a FIFO or device.
+  for (const auto& [job, path] : wanted) {
+    auto spec = path[0] == '/' ? LoadJobSpec(path) : StatusOr<JobSpec>(InvalidArgumentError("relative spec path"));
+    out[job] = spec.ok() ? std::make_shared<const JobSpec>(std::move(*spec)) : nullptr;
+    if (!spec.ok()) VLOG_WARNING("control plane: attached job {}: spec {} not used: {}", job, path, spec.status().message());
+  }
+  return out;
+}
 
 JobRecord* Coordinator::Find(const std::string& id) {
   auto it = jobs_.find(id);
@@ -294,12 +390,23 @@ std::string Coordinator::DescribeRank(const JobRecord& job, int rank) const {
   return fmt::format("rank {} (host {}, pid {})", rank, it->second.host, it->second.pid);
 }
 
-void Coordinator::Handle(const ControlMessage& m) {
+void Coordinator::Handle(const ControlMessage& m,
+                         const std::map<std::string, std::shared_ptr<const JobSpec>>& attach_specs) {
   const double now = Now();
   JobRecord* job = Find(m.job);
   if (job == nullptr) {
     if (m.type != MessageType::kRegister || !m.attach || jobs_.size() >= kMaxJobs) {
       ++msgs_unknown_job_;
+      return;
+    }
+    const int attached = static_cast<int>(std::count_if(jobs_.begin(), jobs_.end(), [](const auto& kv) {
+      return kv.second.attached && !IsTerminal(kv.second.state);
+    }));
+    if (attached >= options_.max_attached_jobs || m.world > kMaxRanksPerJob) {
+      if (msgs_refused_++ % 1000 == 0)
+        VLOG_WARNING("control plane: refused to attach job {} ({} ranks): {} attached jobs run (limit {}), at most {} "
+                     "ranks a job",
+                     m.job, m.world, attached, options_.max_attached_jobs, kMaxRanksPerJob);
       return;
     }
     // Attach mode: the user started mpirun; track the job from its first registration.
@@ -313,9 +420,10 @@ void Coordinator::Handle(const ControlMessage& m) {
     j.incarnation = m.incarnation;
     j.submitted_at = j.started_at = now;
     j.restart_budget = 0;
-    if (auto spec = LoadJobSpec(m.spec); spec.ok()) {
-      j.name = spec->name;
-      for (const auto& s : spec->stages) {
+    if (auto it = attach_specs.find(m.job); it != attach_specs.end() && it->second) {
+      const JobSpec& spec = *it->second;
+      j.name = spec.name;
+      for (const auto& s : spec.stages) {
         StageRecord st;
         st.name = s.name;
         j.stages.push_back(st);
@@ -328,7 +436,12 @@ void Coordinator::Handle(const ControlMessage& m) {
           fmt::format("{} ranks started outside the coordinator (attach mode); tracking only, no restarts", m.world));
   }
   if (job->attached && m.incarnation > job->incarnation) {
+    if (m.type != MessageType::kRegister || m.world > kMaxRanksPerJob) {
+      ++msgs_stale_;
+      return;
+    }
     job->incarnation = m.incarnation;
+    job->np = m.world;
     job->ranks.clear();
     runtime_[job->id].all_registered = false;
     if (IsTerminal(job->state)) {
@@ -339,6 +452,14 @@ void Coordinator::Handle(const ControlMessage& m) {
   }
   if (m.incarnation != job->incarnation) {
     ++msgs_stale_;
+    return;
+  }
+  // A rank outside the job's world (or a registration claiming another world) is not one of
+  // its ranks: counted, never stored, so forged ranks cannot grow the table or the state DB.
+  if (m.rank >= job->np || (m.type == MessageType::kRegister && m.world != job->np)) {
+    if (msgs_refused_++ % 1000 == 0)
+      VLOG_WARNING("control plane: job {} has {} ranks; dropped a {} message from rank {} (world {})", job->id, job->np,
+                   MessageTypeName(m.type), m.rank, m.world);
     return;
   }
   ++msgs_ok_;
@@ -357,6 +478,7 @@ void Coordinator::Handle(const ControlMessage& m) {
     case MessageType::kRegister: {
       r.host = m.host;
       r.pid = m.pid;
+      r.pid_start_ticks = m.host == HostName() && m.pid > 0 ? ProcessStartTicks(static_cast<pid_t>(m.pid)) : 0;
       r.registered_at = now;
       r.stage = m.stage;
       const int registered = static_cast<int>(std::count_if(job->ranks.begin(), job->ranks.end(),
@@ -435,7 +557,7 @@ void Coordinator::Handle(const ControlMessage& m) {
       Persist(*job);
       break;
     case MessageType::kError: {
-      const std::string cause = fmt::format("{} reported: {}", DescribeRank(*job, m.rank), m.cause.substr(0, 2000));
+      const std::string cause = fmt::format("{} reported: {}", DescribeRank(*job, m.rank), m.cause);
       Event(*job, "error", cause, {{"rank", m.rank}, {"stage", m.stage}});
       if (job->pending_cause.empty()) job->pending_cause = cause;
       if (job->attached) {
@@ -538,12 +660,30 @@ void Coordinator::StopIncarnation(JobRecord& job, const std::string& cause) {
   job.pending_cause = cause;
   Event(job, "failure_detected", cause + "; stopping the incarnation", {{"incarnation", job.incarnation}});
   Persist(job);
-  // The ranks are broken: no graceful checkpoint, restart from the last committed one.
-  Terminate(static_cast<pid_t>(job.launcher_pid), /*force=*/true);
+  // The ranks are broken: no graceful checkpoint, restart from the last committed one. A
+  // rank's pid is signalled only when it is provably that rank's process: on this host, the
+  // same process as at registration (start time) and a descendant of this incarnation's
+  // mpirun. Checked before mpirun dies (its children are reparented then). A pid a peer
+  // merely claimed is never signalled.
   const std::string host = HostName();
+  std::vector<pid_t> provable;
+  const pid_t launcher = static_cast<pid_t>(job.launcher_pid);
   for (const auto& [rank, info] : job.ranks) {
-    if (info.host == host && info.pid > 0) ::kill(static_cast<pid_t>(info.pid), SIGKILL);
+    if (info.host != host || info.pid <= 0) continue;
+    const pid_t pid = static_cast<pid_t>(info.pid);
+    const int64_t ticks = ProcessStartTicks(pid);
+    if (launcher > 0 && ticks != 0 && ticks == info.pid_start_ticks && ticks >= job.launcher_start_ticks &&
+        pid != launcher && IsDescendantOf(pid, launcher)) {
+      provable.push_back(pid);
+    } else if (ticks != 0) {
+      ++kills_refused_;
+      VLOG_WARNING("job {}: rank {} claims pid {}, which is not provably a process of incarnation {}'s mpirun: not "
+                   "signalled",
+                   job.id, rank, pid, job.incarnation);
+    }
   }
+  Terminate(launcher, /*force=*/true);
+  for (pid_t pid : provable) ::kill(pid, SIGKILL);
   runtime_[job.id].stop_requested_at = Now();
 }
 
@@ -790,8 +930,9 @@ void Coordinator::SuperviseLoop() {
 StatusOr<std::string> Coordinator::Submit(const SubmitRequest& req) {
   if (req.spec_path.empty() || req.spec_path[0] != '/')
     return InvalidArgumentError(fmt::format("spec_path '{}' must be an absolute path the coordinator can read", req.spec_path));
+  RETURN_IF_ERROR(CheckJobEnv(req.env, options_.allow_env));
   ASSIGN_OR_RETURN(JobSpec spec, LoadJobSpec(req.spec_path));
-  ASSIGN_OR_RETURN(std::string yaml, ReadFile(req.spec_path));
+  ASSIGN_OR_RETURN(std::string yaml, ReadRegularFile(req.spec_path, kMaxJobSpecBytes));
   int np = req.np;
   int slots = 0;
   if (!req.hostfile.empty()) {
@@ -803,14 +944,10 @@ StatusOr<std::string> Coordinator::Submit(const SubmitRequest& req) {
                                               np, req.hostfile, slots, slots));
   }
   if (np == 0) np = std::max(1, spec.layout.tp * std::max(1, spec.layout.dp));
-  if (np < 0 || np > 65536) return InvalidArgumentError(fmt::format("np {} is out of range", np));
+  if (np < 0 || np > kMaxRanksPerJob) return InvalidArgumentError(fmt::format("np {} is out of range", np));
   auto plan = PlanJob(spec, np);
   if (!plan.ok())
     return InvalidArgumentError(fmt::format("{} cannot run on {} ranks: {}", req.spec_path, np, plan.status().message()));
-  for (const auto& [k, v] : req.env) {
-    if (k.empty() || k.find('=') != std::string::npos)
-      return InvalidArgumentError(fmt::format("environment variable name '{}' is not valid", k));
-  }
   std::lock_guard<std::mutex> lock(mu_);
   if (jobs_.size() >= kMaxJobs) return UnavailableError("the coordinator holds too many jobs");
   for (const auto& [id, other] : jobs_) {
@@ -822,9 +959,9 @@ StatusOr<std::string> Coordinator::Submit(const SubmitRequest& req) {
   ASSIGN_OR_RETURN(int64_t number, store_->NextJobNumber());
   JobRecord job;
   job.id = fmt::format("{}-{}", Sanitize(spec.name), number);
-  job.name = spec.name;
-  job.spec_path = req.spec_path;
-  job.spec_yaml = yaml.substr(0, 256 * 1024);
+  job.name = SanitizeUtf8(spec.name, 256);
+  job.spec_path = SanitizeUtf8(req.spec_path);
+  job.spec_yaml = SanitizeUtf8(yaml, 256 * 1024);  // a Latin-1 comment is kept as U+FFFD
   job.run_dir = spec.run_dir;
   job.np = np;
   job.hostfile = req.hostfile;
@@ -900,6 +1037,7 @@ StatusOr<std::string> Coordinator::JobJson(const std::string& id) {
   }
   j["eta_seconds"] = eta;
   j.erase("spec_yaml");
+  j["env"] = RedactedEnv(job.env);  // values may be tokens
   std::string out = Dump(j);
   out.pop_back();  // the closing brace: the ranks follow
   out.reserve(out.size() + job.ranks.size() * 400);
@@ -984,6 +1122,7 @@ StatusOr<nlohmann::json> Coordinator::Logs(const std::string& id, int rank, cons
 
 nlohmann::json Coordinator::Health() {
   return {{"ok", true},
+          {"authenticated", true},
           {"protocol", kProtocolVersion},
           {"pid", ::getpid()},
           {"state_dir", options_.state_dir},
@@ -993,7 +1132,10 @@ nlohmann::json Coordinator::Health() {
           {"messages", {{"ok", msgs_ok_.load()},
                         {"malformed", msgs_malformed_.load()},
                         {"stale", msgs_stale_.load()},
-                        {"unknown_job", msgs_unknown_job_.load()}}}};
+                        {"unknown_job", msgs_unknown_job_.load()},
+                        {"refused", msgs_refused_.load()}}},
+          {"kills_refused", kills_refused_.load()},
+          {"http_unauthorized", http_unauthorized_.load()}};
 }
 
 std::string Coordinator::Metrics() {
@@ -1018,6 +1160,13 @@ std::string Coordinator::Metrics() {
   out += fmt::format("vlorch_coordinator_messages_total{{result=\"malformed\"}} {}\n", msgs_malformed_.load());
   out += fmt::format("vlorch_coordinator_messages_total{{result=\"stale_incarnation\"}} {}\n", msgs_stale_.load());
   out += fmt::format("vlorch_coordinator_messages_total{{result=\"unknown_job\"}} {}\n", msgs_unknown_job_.load());
+  out += fmt::format("vlorch_coordinator_messages_total{{result=\"refused\"}} {}\n", msgs_refused_.load());
+  head("vlorch_coordinator_kills_refused_total", "signals not sent to pids not provably a rank of the incarnation",
+       "counter");
+  out += fmt::format("vlorch_coordinator_kills_refused_total {}\n", kills_refused_.load());
+  head("vlorch_coordinator_http_unauthorized_total", "HTTP requests refused for a missing or wrong token, Host or Origin",
+       "counter");
+  out += fmt::format("vlorch_coordinator_http_unauthorized_total {}\n", http_unauthorized_.load());
   head("vlorch_coordinator_http_requests_total", "HTTP requests served", "counter");
   out += fmt::format("vlorch_coordinator_http_requests_total {}\n", http_requests_.load());
   std::lock_guard<std::mutex> lock(mu_);
@@ -1076,11 +1225,42 @@ std::string Coordinator::StatusPage() {
          rows + "</table><p>JSON: <a href=\"/api/jobs\">/api/jobs</a> · <a href=\"/metrics\">/metrics</a></p></body></html>\n";
 }
 
+std::optional<HttpResponse> Coordinator::Admit(const HttpRequest& req, bool* authenticated) const {
+  *authenticated = false;
+  // DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1 reaches a
+  // loopback-bound coordinator with its own name in Host. Loopback binds answer loopback
+  // names only.
+  const std::string host = HostOnly(req.host);
+  if (IsLoopback(options_.http_address) && !(IsLoopback(host) || host == options_.http_address))
+    return JsonError(403, fmt::format("Host '{}' is not this coordinator's: it answers requests to 127.0.0.1 or "
+                                      "localhost only (docs/security.md)",
+                                      SanitizeUtf8(req.host, 200)));
+  // CSRF: browsers send Origin on cross-site requests; only the coordinator's own pages may.
+  if (req.has_origin && req.origin != "http://" + req.host)
+    return JsonError(403, fmt::format("cross-origin request from '{}' refused (docs/security.md)",
+                                      SanitizeUtf8(req.origin, 200)));
+  *authenticated = ConstantTimeEquals(req.authorization, "Bearer " + token_);
+  if (*authenticated) return std::nullopt;
+  const bool get = req.method == "GET";
+  if (get && req.path == "/api/health") return std::nullopt;  // answers "ok" only
+  const std::string& p = req.path;
+  const bool read_only = get && (p == "/" || p == "/status" || p == "/metrics" || p == "/api/jobs" ||
+                                 (p.rfind("/api/jobs/", 0) == 0 && p.find("/logs") == std::string::npos));
+  if (options_.public_read && req.peer_loopback && read_only) return std::nullopt;
+  return JsonError(401, "missing or wrong token: send `Authorization: Bearer <token>`. `vlorch` finds it by itself "
+                        "when it runs as the coordinator's user on its machine; elsewhere pass --token or set "
+                        "VLORCH_TOKEN (the coordinator keeps it in <state-dir>/http-token)");
+}
+
 HttpResponse Coordinator::Route(const HttpRequest& req) {
   ++http_requests_;
-  if (!options_.token.empty() && req.authorization != "Bearer " + options_.token)
-    return JsonError(401, "missing or wrong token: send `Authorization: Bearer <token>` (VLORCH_TOKEN for the CLI)");
+  bool authenticated = false;
+  if (auto refused = Admit(req, &authenticated)) {
+    ++http_unauthorized_;
+    return *refused;
+  }
   const std::string& p = req.path;
+  if (!authenticated && p == "/api/health") return JsonOk({{"ok", true}, {"protocol", kProtocolVersion}, {"authenticated", false}});
   auto method_is = [&](const char* m) { return req.method == m; };
   auto wrong_method = [&] { return JsonError(405, fmt::format("{} is not allowed on {}", req.method, p)); };
   if (p == "/" || p == "/status") {

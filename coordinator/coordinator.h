@@ -14,6 +14,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -24,6 +25,10 @@
 #include "common/status.h"
 #include "coordinator/job_record.h"
 #include "jobs/control_protocol.h"
+
+namespace vlorch {
+struct JobSpec;
+}  // namespace vlorch
 
 namespace vlorch::coord {
 
@@ -41,9 +46,26 @@ struct CoordinatorOptions {
   // ZeroMQ ROUTER endpoint workers connect to. Default tcp://127.0.0.1:7011; port 0 ("*")
   // picks a free one (see zmq_endpoint()).
   std::string zmq_endpoint = "tcp://127.0.0.1:7011";
-  // Required when http_address is not a loopback address: requests must carry
-  // `Authorization: Bearer <token>`. Default empty.
+  // The HTTP API's token. Empty (the default): the coordinator makes one (32 random bytes,
+  // hex) on its first start and keeps it in <state_dir>/http-token (mode 0600), so it
+  // survives restarts. Every request must carry `Authorization: Bearer <token>`, except GET
+  // /api/health (which then answers only "ok" and the protocol) and, with public_read,
+  // read-only requests from loopback peers. docs/security.md.
   std::string token;
+  // Publish the token at TokenDiscoveryPath(port) (file 0600 in a 0700 directory) so that
+  // `vlorch` run by the same user on this machine finds it. Default true.
+  bool publish_token = true;
+  // Serve GET of the status page, /metrics and the job views (not logs) without a token to
+  // peers on loopback: any local user can then read job states (env values stay redacted).
+  // For a Prometheus without a bearer token file. Default false.
+  bool public_read = false;
+  // Job environment names, or NAME_PREFIX* patterns, that jobs may set beyond the built-in
+  // allow-list (coordinator/job_env.h); loader and MPI-launch settings are refused whatever
+  // this says. Default none.
+  std::vector<std::string> allow_env;
+  // Jobs started outside the coordinator (attach mode) tracked at once; registrations of
+  // more are dropped and counted. Default 64.
+  int max_attached_jobs = 64;
   // vlorch-worker to launch. Default: next to the running executable.
   std::string worker_binary;
   // mpirun to launch with. Default "mpirun" from PATH.
@@ -107,6 +129,8 @@ class Coordinator {
   nlohmann::json Health();
 
   int http_port() const;
+  // The HTTP API token in force (given or made).
+  const std::string& token() const { return token_; }
   const std::string& zmq_endpoint() const { return zmq_bound_; }
   const CoordinatorOptions& options() const { return options_; }
 
@@ -115,8 +139,14 @@ class Coordinator {
   Status Recover();
   void ReceiveLoop();
   void SuperviseLoop();
-  void Handle(const ControlMessage& m);
+  // `attach_specs`: the specs of attach registrations for unknown jobs, read without mu_ by
+  // PreloadAttachSpecs (null: unreadable).
+  void Handle(const ControlMessage& m, const std::map<std::string, std::shared_ptr<const JobSpec>>& attach_specs);
+  std::map<std::string, std::shared_ptr<const JobSpec>> PreloadAttachSpecs(const std::vector<ControlMessage>& batch);
   HttpResponse Route(const HttpRequest& request);
+  // Host/Origin checks and the token: a refusal, or nullopt with *authenticated set.
+  std::optional<HttpResponse> Admit(const HttpRequest& request, bool* authenticated) const;
+  Status SetUpToken();
 
   // Under mu_:
   void Transition(JobRecord& job, JobState to);
@@ -134,6 +164,8 @@ class Coordinator {
   JobRecord* Find(const std::string& id);
 
   CoordinatorOptions options_;
+  std::string token_;
+  std::string published_token_path_;
   std::unique_ptr<StateStore> store_;
   std::unique_ptr<HttpServer> http_;
   std::string zmq_bound_;
@@ -155,7 +187,12 @@ class Coordinator {
   double started_at_ = 0;
   // Counters for /metrics and the load benchmark.
   std::atomic<uint64_t> msgs_ok_{0}, msgs_malformed_{0}, msgs_stale_{0}, msgs_unknown_job_{0};
-  std::atomic<uint64_t> http_requests_{0}, http_errors_{0};
+  // Messages naming a rank outside the job's world, a world other than the job's, or an
+  // attached job past max_attached_jobs.
+  std::atomic<uint64_t> msgs_refused_{0};
+  // Signals not sent: a rank's pid that was not provably a process of its incarnation.
+  std::atomic<uint64_t> kills_refused_{0};
+  std::atomic<uint64_t> http_requests_{0}, http_errors_{0}, http_unauthorized_{0};
 };
 
 }  // namespace vlorch::coord

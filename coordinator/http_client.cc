@@ -1,11 +1,17 @@
 #include "coordinator/http_client.h"
 
+#include <unistd.h>
+
 #include <chrono>
+#include <cstdlib>
+#include <filesystem>
 
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <fmt/format.h>
+
+#include "common/secret.h"
 
 namespace vlorch::coord {
 namespace {
@@ -70,6 +76,27 @@ Status SplitHostPort(const std::string& text, std::string* host, int* port) {
   }
   if (*port < 0 || *port > 65535) return InvalidArgumentError(fmt::format("'{}' has no valid port", text));
   return Status::OK();
+}
+
+std::string TokenDiscoveryPath(int port) {
+  namespace fs = std::filesystem;
+  fs::path base;
+  if (const char* home = std::getenv("VLORCH_HOME"); home != nullptr && *home) {
+    base = home;
+  } else {
+    const char* user_home = std::getenv("HOME");
+    base = fs::path(user_home != nullptr && *user_home ? user_home : ".") / ".vlorch";
+  }
+  return (base / "tokens" / std::to_string(port)).string();
+}
+
+std::string DiscoverToken(const std::string& host, int port) {
+  char name[256] = {};
+  const bool own_name = ::gethostname(name, sizeof(name) - 1) == 0 && host == name;
+  const bool local = own_name || host == "localhost" || host == "::1" || host == "[::1]" || host.rfind("127.", 0) == 0;
+  if (!local) return "";
+  auto token = ReadSecretFile(TokenDiscoveryPath(port));
+  return token.ok() ? *token : "";
 }
 
 }  // namespace vlorch::coord

@@ -35,8 +35,17 @@ std::string PercentDecode(std::string_view s) {
   return out;
 }
 
-HttpRequest Convert(const http::request<http::string_body>& req) {
+HttpRequest Convert(const http::request<http::string_body>& req, const tcp::socket& socket) {
   HttpRequest r;
+  beast::error_code peer_ec;
+  const tcp::endpoint peer = socket.remote_endpoint(peer_ec);
+  if (!peer_ec) {
+    const auto a = peer.address();
+    r.peer_loopback = a.is_loopback() || (a.is_v6() && a.to_v6().is_v4_mapped() &&
+                                          asio::ip::make_address_v4(asio::ip::v4_mapped, a.to_v6()).is_loopback());
+  }
+  if (auto it = req.find(http::field::host); it != req.end()) r.host = std::string(it->value());
+  if (auto it = req.find(http::field::origin); it != req.end()) r.origin = std::string(it->value()), r.has_origin = true;
   r.method = std::string(req.method_string());
   const std::string target(req.target());
   const auto q = target.find('?');
@@ -88,7 +97,7 @@ class Session : public std::enable_shared_from_this<Session> {
       const auto& req = parser_->get();
       keep_alive = req.keep_alive();
       try {
-        out = (*handler_)(Convert(req));
+        out = (*handler_)(Convert(req, stream_.socket()));
       } catch (const std::exception& e) {
         out = JsonError(500, fmt::format("internal error: {}", e.what()));
       }
@@ -174,7 +183,7 @@ class BeastServer : public HttpServer {
 HttpResponse JsonError(int status, const std::string& message) {
   HttpResponse r;
   r.status = status;
-  r.body = nlohmann::json{{"error", message}}.dump();
+  r.body = nlohmann::json{{"error", message}}.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   return r;
 }
 

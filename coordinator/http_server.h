@@ -19,6 +19,10 @@ struct HttpRequest {
   std::map<std::string, std::string> query;   // decoded
   std::string body;
   std::string authorization;                  // the Authorization header
+  std::string host;                           // the Host header ("" when absent)
+  std::string origin;                         // the Origin header ("" when absent)
+  bool has_origin = false;
+  bool peer_loopback = false;                 // the TCP peer's address is a loopback address
 };
 
 struct HttpResponse {

@@ -96,7 +96,8 @@ void AppendJson(const RankInfo& r, std::string* out, std::optional<double> now) 
   };
   fmt::format_to(std::back_inserter(*out), "{{\"rank\":{},\"host\":", r.rank);
   AppendString(r.host, out);
-  fmt::format_to(std::back_inserter(*out), ",\"pid\":{},\"incarnation\":{},", r.pid, r.incarnation);
+  fmt::format_to(std::back_inserter(*out), ",\"pid\":{},\"pid_start_ticks\":{},\"incarnation\":{},", r.pid,
+                 r.pid_start_ticks, r.incarnation);
   key("registered_at");
   AppendNumber(r.registered_at, out);
   *out += ',';
@@ -134,6 +135,7 @@ RankInfo RankFromJson(const nlohmann::json& j) {
   r.rank = j.value("rank", 0);
   r.host = j.value("host", "");
   r.pid = j.value("pid", int64_t{0});
+  r.pid_start_ticks = j.value("pid_start_ticks", int64_t{0});
   r.incarnation = j.value("incarnation", int64_t{-1});
   r.registered_at = Number(j, "registered_at", 0.0);
   r.last_heartbeat = Number(j, "last_heartbeat", 0.0);

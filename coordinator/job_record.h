@@ -42,6 +42,9 @@ struct RankInfo {
   int rank = 0;
   std::string host;
   int64_t pid = 0;
+  // /proc/PID/stat starttime read when the rank registered from this host (0: another host or
+  // gone): with the launcher's ancestry, the proof a pid is this rank's before it is signalled.
+  int64_t pid_start_ticks = 0;
   int64_t incarnation = -1;
   double registered_at = 0;    // unix seconds
   double last_heartbeat = 0;   // unix seconds

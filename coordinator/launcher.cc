@@ -13,13 +13,19 @@
 
 #include <fmt/format.h>
 
+#include "common/durable_file.h"
+
 extern char** environ;
 
 namespace vlorch::coord {
 
 StatusOr<std::vector<HostSlots>> ParseHostfile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return NotFoundError(fmt::format("hostfile {} cannot be read", path));
+  auto text = ReadRegularFile(path, kMaxHostfileBytes);
+  if (!text.ok()) {
+    if (text.status().code() == StatusCode::kNotFound) return NotFoundError(fmt::format("hostfile {} cannot be read", path));
+    return InvalidArgumentError(fmt::format("hostfile: {}", text.status().message()));
+  }
+  std::istringstream in(*text);
   std::vector<HostSlots> out;
   std::string line;
   int n = 0;
@@ -146,6 +152,21 @@ bool StillRunning(pid_t pid, int64_t start_ticks) {
   if (pid <= 0) return false;
   const int64_t t = ProcessStartTicks(pid);
   return t != 0 && (start_ticks == 0 || t == start_ticks);
+}
+
+bool IsDescendantOf(pid_t pid, pid_t ancestor) {
+  if (pid <= 0 || ancestor <= 0) return false;
+  for (int depth = 0; depth < 64 && pid > 1; ++depth) {
+    if (pid == ancestor) return true;
+    const auto f = ProcStatFields(pid);
+    if (f.size() < 2) return false;
+    try {
+      pid = static_cast<pid_t>(std::stol(f[4 - 3]));  // field 4: ppid
+    } catch (...) {
+      return false;
+    }
+  }
+  return pid == ancestor;
 }
 
 std::string ExitStatus::ToString() const {

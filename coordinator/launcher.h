@@ -22,7 +22,8 @@ struct HostSlots {
 };
 
 // Open MPI hostfile: one host per line, optional `slots=N` (default 1) and `max_slots=M`,
-// `#` comments. Errors name the file and line.
+// `#` comments. Errors name the file and line. A regular file of at most kMaxHostfileBytes.
+inline constexpr size_t kMaxHostfileBytes = 1 << 20;
 StatusOr<std::vector<HostSlots>> ParseHostfile(const std::string& path);
 
 struct LaunchCommand {
@@ -59,6 +60,9 @@ std::vector<std::string> ProcStatFields(pid_t pid);
 int64_t ProcessStartTicks(pid_t pid);
 // Whether pid still runs and is the process started at start_ticks.
 bool StillRunning(pid_t pid, int64_t start_ticks);
+// Whether `pid` is `ancestor` or one of its descendants now (the parent chain in /proc,
+// at most 64 levels).
+bool IsDescendantOf(pid_t pid, pid_t ancestor);
 
 struct ExitStatus {
   int code = 0;    // exit code when it exited

@@ -17,6 +17,12 @@ Status FromRocks(const rocksdb::Status& s, const std::string& what) {
 
 std::string EventKey(const std::string& job, int64_t seq) { return fmt::format("event/{}/{:012d}", job, seq); }
 
+// Records hold text from outside (spec files, mpirun's output, worker causes): invalid UTF-8
+// is stored as U+FFFD rather than thrown at (a strict dump aborts the coordinator).
+std::string DumpReplacingInvalidUtf8(const nlohmann::json& j) {
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
 }  // namespace
 
 nlohmann::json ToJson(const JobEvent& e) {
@@ -49,7 +55,7 @@ Status StateStore::Put(const std::string& key, const std::string& value, bool sy
   return FromRocks(db_->Put(wo, key, value), "writing " + key);
 }
 
-Status StateStore::PutJob(const JobRecord& job) { return Put("job/" + job.id, ToJson(job).dump(), true); }
+Status StateStore::PutJob(const JobRecord& job) { return Put("job/" + job.id, DumpReplacingInvalidUtf8(ToJson(job)), true); }
 
 StatusOr<std::vector<JobRecord>> StateStore::LoadJobs() {
   std::vector<JobRecord> out;
@@ -75,7 +81,7 @@ StatusOr<int64_t> StateStore::AppendEvent(const std::string& job_id, JobEvent ev
     found = last_event_.emplace(job_id, last).first;
   }
   event.seq = found->second + 1;
-  RETURN_IF_ERROR(Put(EventKey(job_id, event.seq), ToJson(event).dump(), true));
+  RETURN_IF_ERROR(Put(EventKey(job_id, event.seq), DumpReplacingInvalidUtf8(ToJson(event)), true));
   found->second = event.seq;
   return event.seq;
 }

@@ -114,7 +114,7 @@ std::string EncodeMessage(const ControlMessage& m) {
       j["cause"] = m.cause;
       break;
   }
-  return j.dump();
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);  // a cause cut mid-character stays sendable
 }
 
 StatusOr<ControlMessage> DecodeMessage(std::string_view bytes) {

@@ -1,5 +1,6 @@
 #include "jobs/job_spec.h"
 
+#include "common/durable_file.h"
 #include "jobs/model_schema.h"
 
 #include <filesystem>
@@ -565,12 +566,13 @@ StatusOr<JobSpec> ParseJobSpec(const std::string& yaml_text, const std::string& 
 }
 
 StatusOr<JobSpec> LoadJobSpec(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return NotFoundError(fmt::format("cannot open job spec {}", path));
-  std::stringstream ss;
-  ss << in.rdbuf();
+  auto text = ReadRegularFile(path, kMaxJobSpecBytes);
+  if (!text.ok()) {
+    if (text.status().code() == StatusCode::kNotFound) return NotFoundError(fmt::format("cannot open job spec {}", path));
+    return InvalidArgumentError(fmt::format("job spec: {}", text.status().message()));
+  }
   const std::string base = std::filesystem::absolute(path).parent_path().string();
-  return ParseJobSpec(ss.str(), path, base);
+  return ParseJobSpec(*text, path, base);
 }
 
 }  // namespace vlorch

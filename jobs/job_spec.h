@@ -3,6 +3,7 @@
 // is allowed. No LibTorch here: the CLI and the coordinator read the same specs.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -149,7 +150,9 @@ struct JobSpec {
 // unknown key, a wrong type, an out-of-range value, a stage whose init refers to a later or
 // unknown stage, a duplicate stage name, an unknown model, a trainable or learning-rate
 // pattern that names no parameter of the stage's model, or a transform whose models lack
-// the modules it moves; NotFound when the file does not exist.
+// the modules it moves; NotFound when the file does not exist. The file must be a regular
+// file of at most kMaxJobSpecBytes (a FIFO or device is refused without blocking).
+inline constexpr size_t kMaxJobSpecBytes = 4 << 20;
 StatusOr<JobSpec> LoadJobSpec(const std::string& path);
 StatusOr<JobSpec> ParseJobSpec(const std::string& yaml_text, const std::string& source_name,
                                const std::string& base_dir);

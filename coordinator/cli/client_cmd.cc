@@ -53,7 +53,9 @@ StatusOr<std::string> CallBody(const Client& c, const std::string& method, const
   std::string host;
   int port = 0;
   RETURN_IF_ERROR(coord::SplitHostPort(c.address, &host, &port));
-  auto r = coord::HttpCall(host, port, method, target, body.is_null() ? "" : body.dump(), c.token, 30);
+  // No token given: the one a coordinator of this user on this machine published.
+  const std::string token = c.token.empty() ? coord::DiscoverToken(host, port) : c.token;
+  auto r = coord::HttpCall(host, port, method, target, body.is_null() ? "" : body.dump(), token, 30);
   if (!r.ok()) {
     if (rc) *rc = kExitNoCoordinator;
     return UnavailableError(fmt::format("no coordinator at {} — start one with `vlorch coordinator start`, or use "
@@ -238,6 +240,12 @@ std::shared_ptr<Client> AddClientCommands(CLI::App& app, int* rc) {
   AddClientFlags(cstatus, client.get());
   cstatus->callback([client, rc] {
     Show(*client, "GET", "/api/health", rc, [&](const json& r) {
+      if (!r.value("authenticated", true)) {
+        std::printf("coordinator at http://%s answers, but without its token it shows nothing more: run as its user "
+                    "on its machine, or pass --token / VLORCH_TOKEN\n",
+                    client->address.c_str());
+        return;
+      }
       std::printf("coordinator at http://%s: pid %lld, workers %s, state %s, up %s, %llu messages\n",
                   client->address.c_str(), static_cast<long long>(r["pid"].get<int64_t>()), r["zmq"].get<std::string>().c_str(),
                   r["state_dir"].get<std::string>().c_str(), Duration(r["uptime_s"].get<double>()).c_str(),

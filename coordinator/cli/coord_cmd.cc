@@ -124,6 +124,8 @@ struct CoordinatorFlags {
   double heartbeat_timeout = 30, hang_timeout = 30, backoff = 1;
   int restart_budget = 3;
   bool foreground = false;
+  bool public_read = false;
+  std::vector<std::string> allow_env;
 };
 
 void AddCoordinatorFlags(CLI::App* cmd, CoordinatorFlags* f, bool with_state_dir) {
@@ -134,6 +136,11 @@ void AddCoordinatorFlags(CLI::App* cmd, CoordinatorFlags* f, bool with_state_dir
   cmd->add_option("--hang-timeout", f->hang_timeout, "seconds ranks may wait in a collective for a missing one")->capture_default_str();
   cmd->add_option("--backoff", f->backoff, "first restart delay in seconds (doubles per restart)")->capture_default_str();
   cmd->add_option("--default-restart-budget", f->restart_budget, "restarts per job unless submitted with one")->capture_default_str();
+  cmd->add_option("--allow-env", f->allow_env,
+                  "job environment names (or NAME_PREFIX*) to allow beyond the built-in list; loader and MPI settings "
+                  "are refused whatever this says (docs/security.md)");
+  cmd->add_flag("--public-read", f->public_read,
+                "serve the status page, /metrics and job views without a token to loopback peers");
 }
 
 StatusOr<coord::CoordinatorOptions> MakeOptions(const Client& c, const CoordinatorFlags& f) {
@@ -147,6 +154,8 @@ StatusOr<coord::CoordinatorOptions> MakeOptions(const Client& c, const Coordinat
   o.hang_timeout_s = f.hang_timeout;
   o.backoff_initial_s = f.backoff;
   o.default_restart_budget = f.restart_budget;
+  o.allow_env = f.allow_env;
+  o.public_read = f.public_read;
   return o;
 }
 
@@ -196,7 +205,7 @@ int RunCoordinatorStart(const Client& c, const CoordinatorFlags& f) {
       return kExitFailed;
     }
     auto health = Call(c, "GET", "/api/health");
-    if (health.ok() && (*health)["pid"].get<int64_t>() == pid) {
+    if (health.ok() && health->value("pid", int64_t{-1}) == pid) {
       if (c.json) {
         std::printf("%s\n", health->dump(2).c_str());
       } else {
@@ -288,6 +297,7 @@ void AddCoordinatorCommands(CLI::App& app, int* rc) {
         return;
       }
       embedded = std::move(*started);
+      if (client->token.empty()) client->token = embedded->token();
       std::printf("no coordinator at %s: running one in this process (state in %s; `vlorch status` works from another "
                   "terminal)\n",
                   client->address.c_str(), f.state_dir.c_str());

@@ -153,6 +153,7 @@ json ExpectedRankJson(const RankInfo& r) {
   return {{"rank", r.rank},
           {"host", r.host},
           {"pid", r.pid},
+          {"pid_start_ticks", r.pid_start_ticks},
           {"incarnation", r.incarnation},
           {"registered_at", r.registered_at},
           {"last_heartbeat", r.last_heartbeat},
@@ -179,7 +180,7 @@ TEST(JobRecordJson, RankTextIsTheSameObjectAsTheTree) {
   cases[0].step = 123456789012, cases[0].loss = 2.345678901234567, cases[0].samples_per_second = 1e-7;
   cases[0].data_wait_seconds = 0, cases[0].coll_group = "dp", cases[0].coll_op = "allreduce";
   cases[0].coll_seq = 18446744073709551615ull, cases[0].coll_inside = true, cases[0].coll_since = 3.0;
-  cases[0].coll_group_size = 512;
+  cases[0].coll_group_size = 512, cases[0].pid_start_ticks = 987654321;
   cases[1].host = "q\"uote\\back\nnew\ttab\x01\x1f end";
   cases[1].stage = "\xc3\xa9t\xc3\xa9 \xe2\x9c\x93";  // UTF-8
   cases[1].coll_group = "bad \xff\xfe utf8";      // invalid UTF-8: replaced as Dump() does
@@ -196,6 +197,7 @@ TEST(JobRecordJson, RankTextIsTheSameObjectAsTheTree) {
     EXPECT_EQ(parsed, tree) << text << "\n" << tree.dump();
     const RankInfo back = RankFromJson(parsed);
     EXPECT_EQ(back.step, r.step);
+    EXPECT_EQ(back.pid_start_ticks, r.pid_start_ticks);
     EXPECT_EQ(std::isnan(back.loss), std::isnan(r.loss));  // null reads back as NaN, not an exception
     // With a time, heartbeat_age_s joins the same fields.
     text.clear();
@@ -365,6 +367,8 @@ class LiveCoordinator : public ::testing::Test {
  protected:
   void SetUp() override {
     dir_ = TempDir("live");
+    // The API token is published here (the CLI tests find it), not in the user's home.
+    ::setenv("VLORCH_HOME", (dir_ / "home").c_str(), 1);
     CoordinatorOptions o;
     o.state_dir = (dir_ / "state").string();
     o.http_port = 0;
@@ -381,7 +385,7 @@ class LiveCoordinator : public ::testing::Test {
   }
 
   HttpResult Http(const std::string& method, const std::string& target, const std::string& body = "") {
-    auto r = HttpCall("127.0.0.1", coord_->http_port(), method, target, body);
+    auto r = HttpCall("127.0.0.1", coord_->http_port(), method, target, body, coord_->token());
     EXPECT_TRUE(r.ok()) << r.status().ToString();
     return r.ok() ? *r : HttpResult{};
   }
@@ -520,29 +524,7 @@ TEST_F(LiveCoordinator, BadHttpRequestsGetErrorsAndServingGoesOn) {
   EXPECT_NE(page.body.find("vlorch coordinator"), std::string::npos);
 }
 
-TEST(CoordinatorToken, OtherBindAddressesNeedAToken) {
-  const fs::path dir = TempDir("token");
-  CoordinatorOptions o;
-  o.state_dir = (dir / "state").string();
-  o.http_address = "0.0.0.0";
-  o.http_port = 0;
-  o.zmq_endpoint = "tcp://127.0.0.1:*";
-  auto refused = Coordinator::Start(o);
-  ASSERT_FALSE(refused.ok());
-  EXPECT_NE(refused.status().message().find("--token"), std::string::npos);
-  o.token = "s3cret";
-  auto c = Coordinator::Start(o);
-  ASSERT_TRUE(c.ok()) << c.status().ToString();
-  auto no = HttpCall("127.0.0.1", (*c)->http_port(), "GET", "/api/jobs");
-  ASSERT_TRUE(no.ok());
-  EXPECT_EQ(no->status, 401);
-  auto wrong = HttpCall("127.0.0.1", (*c)->http_port(), "GET", "/api/jobs", "", "guess");
-  EXPECT_EQ(wrong->status, 401);
-  auto yes = HttpCall("127.0.0.1", (*c)->http_port(), "GET", "/api/jobs", "", "s3cret");
-  EXPECT_EQ(yes->status, 200);
-  c->reset();
-  fs::remove_all(dir);
-}
+// The token on other bind addresses: security_test.cc (Secured.EveryBindAddressNeedsAToken).
 
 // Simulated ranks speaking the protocol (attach mode, so no mpirun is involved).
 class FakeRank {

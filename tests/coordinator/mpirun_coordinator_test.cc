@@ -110,6 +110,9 @@ class MpirunCoordinator : public ::testing::Test {
     root_ = fs::temp_directory_path() / fmt::format("vlorch-e2e-{}", ::getpid());
     fs::remove_all(root_);
     fs::create_directories(root_);
+    // Coordinators started here publish their API token under root_, where this test and the
+    // `vlorch` commands it runs find it (DiscoverToken), as a user's CLI finds it in ~/.vlorch.
+    ::setenv("VLORCH_HOME", (root_ / "home").c_str(), 1);
     int rc = 0;
     const std::string out = Shell(fmt::format(
         "{0} dev make-dataset --format img2dataset --out {1}/src --shards 2 --per-shard 100 --no-bad --min-px 32 "
@@ -164,14 +167,14 @@ class MpirunCoordinator : public ::testing::Test {
   }
 
   json Get(const std::string& target) {
-    auto r = HttpCall("127.0.0.1", http_port_, "GET", target);
+    auto r = HttpCall("127.0.0.1", http_port_, "GET", target, "", DiscoverToken("127.0.0.1", http_port_));
     if (!r.ok() || r->status != 200) return json();
     return json::parse(r->body, nullptr, false);
   }
 
   std::string Submit(const json& env) {
     json body = {{"spec_path", (dir_ / "job.yaml").string()}, {"np", kNp}, {"env", env}};
-    auto r = HttpCall("127.0.0.1", http_port_, "POST", "/api/jobs", body.dump());
+    auto r = HttpCall("127.0.0.1", http_port_, "POST", "/api/jobs", body.dump(), DiscoverToken("127.0.0.1", http_port_));
     EXPECT_TRUE(r.ok());
     EXPECT_EQ(r->status, 201) << r->body;
     return json::parse(r->body).value("id", "");
