@@ -155,10 +155,22 @@ StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptions opt
   c->started_at_ = Now();
   ASSIGN_OR_RETURN(c->store_, StateStore::Open((fs::path(c->options_.state_dir) / "db").string()));
   RETURN_IF_ERROR(c->SetUpToken());
+  RETURN_IF_ERROR(c->SetUpCurve());
 
   auto ctx = std::make_shared<zmq::context_t>(1);
+  // The ZAP handler (RFC 27) must be bound before the ROUTER accepts a CURVE handshake.
+  auto zap = std::make_shared<zmq::socket_t>(*ctx, zmq::socket_type::rep);
+  try {
+    zap->set(zmq::sockopt::linger, 0);
+    zap->bind("inproc://zeromq.zap.01");
+  } catch (const zmq::error_t& e) {
+    return InternalError(fmt::format("cannot bind the control plane's ZAP handler: {}", e.what()));
+  }
   auto sock = std::make_shared<zmq::socket_t>(*ctx, zmq::socket_type::router);
   try {
+    sock->set(zmq::sockopt::curve_server, true);
+    sock->set(zmq::sockopt::curve_secretkey, c->curve_server_secret_);
+    sock->set(zmq::sockopt::zap_domain, "vlorch");
     sock->set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(kMaxMessageBytes));
     sock->set(zmq::sockopt::linger, 0);
     sock->set(zmq::sockopt::rcvhwm, 100000);
@@ -169,11 +181,48 @@ StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptions opt
                                         "another --zmq endpoint)",
                                         c->options_.zmq_endpoint, e.what()));
   }
+  Coordinator* self = c.get();
+  c->zap_ = std::thread([self, ctx, zap] {
+    // One request at a time: [version, request id, domain, address, routing id, mechanism,
+    // client key (32 bytes)] -> [version, request id, status, text, user id, metadata].
+    zmq::pollitem_t item{static_cast<void*>(*zap), 0, ZMQ_POLLIN, 0};
+    std::vector<zmq::message_t> req;
+    while (!self->stop_) {
+      try {
+        if (zmq::poll(&item, 1, std::chrono::milliseconds(100)) == 0) continue;
+        req.clear();
+        if (!zmq::recv_multipart(*zap, std::back_inserter(req))) continue;
+        std::string user;
+        if (req.size() >= 7 && req[5].to_string_view() == "CURVE" && req[6].size() == 32) {
+          char z85[41] = {};
+          zmq_z85_encode(z85, static_cast<const uint8_t*>(req[6].data()), 32);
+          user = self->CurveClient(z85);
+        }
+        if (user.empty()) ++self->peers_unauthenticated_;
+        const std::string id = req.size() >= 2 ? req[1].to_string() : "";
+        std::array<zmq::const_buffer, 6> reply = {zmq::str_buffer("1.0"), zmq::buffer(id),
+                                                  user.empty() ? zmq::str_buffer("400") : zmq::str_buffer("200"),
+                                                  user.empty() ? zmq::str_buffer("unknown key") : zmq::str_buffer("OK"),
+                                                  zmq::buffer(user), zmq::str_buffer("")};
+        zmq::send_multipart(*zap, reply);
+      } catch (const zmq::error_t& e) {
+        if (!self->stop_) VLOG_ERROR("control plane: ZAP handler: {}", e.what());
+      }
+    }
+    zap->close();
+  });
   // Recovery may launch a job's next stage, which needs the bound endpoint.
   RETURN_IF_ERROR(c->Recover());
-  Coordinator* self = c.get();
   ASSIGN_OR_RETURN(c->http_, HttpServer::Start(c->options_.http_address, c->options_.http_port,
                                                [self](const HttpRequest& r) { return self->Route(r); }));
+  if (const auto colon = c->zmq_bound_.rfind(':'); c->options_.publish_token && colon != std::string::npos) {
+    c->published_curve_path_ = CurveDiscoveryPath(std::atoi(c->zmq_bound_.c_str() + colon + 1));
+    Status published = WriteSecretFile(c->published_curve_path_, FormatCurveFile(c->attach_curve_));
+    if (!published.ok()) {
+      VLOG_WARNING("coordinator: cannot publish the attach credentials for local ranks ({})", published.message());
+      c->published_curve_path_.clear();
+    }
+  }
   if (c->options_.publish_token) {
     c->published_token_path_ = TokenDiscoveryPath(c->http_->port());
     Status published = WriteSecretFile(c->published_token_path_, c->token_);
@@ -188,10 +237,12 @@ StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptions opt
     zmq::pollitem_t item{static_cast<void*>(*sock), 0, ZMQ_POLLIN, 0};
     std::vector<zmq::message_t> parts;
     std::vector<ControlMessage> batch;
+    std::vector<std::string> peers;
     while (!self->stop_) {
       try {
         zmq::poll(&item, 1, std::chrono::milliseconds(100));
         batch.clear();
+        peers.clear();
         for (int i = 0; i < 256; ++i) {  // bounded, so HTTP readers wait for mu_ briefly
           parts.clear();
           auto n = zmq::recv_multipart(*sock, std::back_inserter(parts), zmq::recv_flags::dontwait);
@@ -208,13 +259,21 @@ StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptions opt
             continue;
           }
           batch.push_back(Sanitized(std::move(*m)));
+          // The ZAP handler's user id for this connection: which key it proved.
+          const char* user = nullptr;
+          try {
+            user = parts[1].gets("User-Id");
+          } catch (const zmq::error_t&) {
+          }
+          peers.emplace_back(user != nullptr ? user : "");
         }
         if (!batch.empty()) {
           const auto specs = self->PreloadAttachSpecs(batch);
           std::lock_guard<std::mutex> lock(self->mu_);
-          for (const auto& m : batch) {
+          for (size_t k = 0; k < batch.size(); ++k) {
+            const ControlMessage& m = batch[k];
             try {
-              self->Handle(m, specs);
+              self->Handle(m, peers[k], specs);
             } catch (const std::exception& e) {  // a bug, but never one that ends the daemon
               ++self->msgs_malformed_;
               VLOG_ERROR("control plane: a {} message of job {} rank {} failed: {}", MessageTypeName(m.type), m.job,
@@ -248,6 +307,11 @@ void Coordinator::Stop() {
     if (current.ok() && *current == token_) ::unlink(published_token_path_.c_str());
   }
   if (receiver_.joinable()) receiver_.join();
+  if (zap_.joinable()) zap_.join();
+  if (!published_curve_path_.empty()) {
+    auto current = ReadSecretFile(published_curve_path_);
+    if (current.ok() && current->find(attach_curve_.public_key) != std::string::npos) ::unlink(published_curve_path_.c_str());
+  }
   if (supervisor_.joinable()) supervisor_.join();
   std::vector<std::pair<std::string, std::vector<RankInfo>>> metrics;
   {
@@ -294,6 +358,74 @@ Status Coordinator::SetUpToken() {
   if (!kept.ok() && kept.status().code() != StatusCode::kNotFound) return kept.status();
   ASSIGN_OR_RETURN(token_, RandomHexToken(32));
   return WriteSecretFile(path, token_);
+}
+
+namespace {
+
+StatusOr<std::pair<std::string, std::string>> NewCurveKeyPair() {
+  char pub[41] = {}, sec[41] = {};
+  if (zmq_curve_keypair(pub, sec) != 0)
+    return InternalError(fmt::format("cannot make a CURVE key pair: {} (libzmq built without libsodium?)",
+                                     zmq_strerror(zmq_errno())));
+  return std::make_pair(std::string(pub), std::string(sec));
+}
+
+// A key pair kept in a secret file as "public <z85>\nsecret <z85>\n"; made when absent.
+StatusOr<std::pair<std::string, std::string>> KeptKeyPair(const std::string& path) {
+  auto text = ReadSecretFile(path);
+  if (text.ok()) {
+    std::istringstream in(*text);
+    std::string k1, pub, k2, sec;
+    in >> k1 >> pub >> k2 >> sec;
+    if (k1 == "public" && k2 == "secret" && pub.size() == 40 && sec.size() == 40) return std::make_pair(pub, sec);
+    return FailedPreconditionError(fmt::format("{} is not a key file (public/secret lines): remove it and a new key "
+                                               "pair is made (ranks then need the new public key)",
+                                               path));
+  }
+  if (text.status().code() != StatusCode::kNotFound) return text.status();
+  ASSIGN_OR_RETURN(auto pair, NewCurveKeyPair());
+  RETURN_IF_ERROR(WriteSecretFile(path, fmt::format("public {}\nsecret {}\n", pair.first, pair.second)));
+  return pair;
+}
+
+std::string IncarnationUser(const std::string& job, int64_t incarnation) {
+  return fmt::format("job:{}:{}", job, incarnation);
+}
+
+}  // namespace
+
+Status Coordinator::SetUpCurve() {
+  if (!zmq_has("curve"))
+    return FailedPreconditionError("this libzmq has no CURVE support (built without libsodium): the control plane "
+                                   "cannot authenticate workers; install Debian's libzmq5");
+  ASSIGN_OR_RETURN(auto server, KeptKeyPair((fs::path(options_.state_dir) / "zmq-server-key").string()));
+  ASSIGN_OR_RETURN(auto attach, KeptKeyPair((fs::path(options_.state_dir) / "zmq-attach-key").string()));
+  curve_server_public_ = server.first;
+  curve_server_secret_ = server.second;
+  attach_curve_ = CurveCredentials{server.first, attach.first, attach.second};
+  std::lock_guard<std::mutex> lock(curve_mu_);
+  curve_clients_[attach.first] = "attach";
+  return Status::OK();
+}
+
+std::string Coordinator::CurveClient(const std::string& client_key) {
+  std::lock_guard<std::mutex> lock(curve_mu_);
+  auto it = curve_clients_.find(client_key);
+  return it == curve_clients_.end() ? "" : it->second;
+}
+
+Status Coordinator::IssueIncarnationKey(JobRecord& job, std::map<std::string, std::string>* env) {
+  ASSIGN_OR_RETURN(auto pair, NewCurveKeyPair());
+  {
+    std::lock_guard<std::mutex> lock(curve_mu_);
+    if (!job.curve_public.empty()) curve_clients_.erase(job.curve_public);  // the last incarnation's ranks are done
+    curve_clients_[pair.first] = IncarnationUser(job.id, job.incarnation);
+  }
+  job.curve_public = pair.first;
+  (*env)[kCurveServerEnv] = curve_server_public_;
+  (*env)[kCurvePublicEnv] = pair.first;
+  (*env)[kCurveSecretEnv] = pair.second;
+  return Status::OK();
 }
 
 std::map<std::string, std::shared_ptr<const JobSpec>> Coordinator::PreloadAttachSpecs(
@@ -369,6 +501,10 @@ Status Coordinator::Recover() {
     }
     Runtime& rt = runtime_[job.id];
     rt.all_registered = job.np > 0 && static_cast<int>(job.ranks.size()) >= job.np;
+    if (!job.curve_public.empty() && !IsTerminal(job.state)) {
+      std::lock_guard<std::mutex> keys(curve_mu_);
+      curve_clients_[job.curve_public] = IncarnationUser(job.id, job.incarnation);  // adopted ranks reconnect
+    }
     if (job.launcher_pid > 0) {
       if (StillRunning(static_cast<pid_t>(job.launcher_pid), job.launcher_start_ticks)) {
         rt.adopted = true;
@@ -390,10 +526,26 @@ std::string Coordinator::DescribeRank(const JobRecord& job, int rank) const {
   return fmt::format("rank {} (host {}, pid {})", rank, it->second.host, it->second.pid);
 }
 
-void Coordinator::Handle(const ControlMessage& m,
+void Coordinator::Handle(const ControlMessage& m, const std::string& peer,
                          const std::map<std::string, std::shared_ptr<const JobSpec>>& attach_specs) {
   const double now = Now();
+  // A launched incarnation's key speaks for that job and incarnation only; the attach key for
+  // attached jobs only. Anything else is a peer claiming what it cannot prove.
+  const bool attach_peer = peer == "attach";
+  const bool registers_as_attached = m.type == MessageType::kRegister && m.attach;
+  const bool registers_as_launched = m.type == MessageType::kRegister && !m.attach;
+  if (attach_peer ? registers_as_launched : peer != IncarnationUser(m.job, m.incarnation) || registers_as_attached) {
+    if (msgs_refused_++ % 1000 == 0)
+      VLOG_WARNING("control plane: a {} message for job {} incarnation {} came on a connection authenticated as '{}': "
+                   "dropped",
+                   MessageTypeName(m.type), m.job, m.incarnation, peer.empty() ? "nobody" : peer);
+    return;
+  }
   JobRecord* job = Find(m.job);
+  if (job != nullptr && job->attached != attach_peer) {
+    ++msgs_refused_;
+    return;
+  }
   if (job == nullptr) {
     if (m.type != MessageType::kRegister || !m.attach || jobs_.size() >= kMaxJobs) {
       ++msgs_unknown_job_;
@@ -632,6 +784,7 @@ void Coordinator::Launch(JobRecord& job) {
   c.oversubscribe = c.env.count("VLORCH_OVERSUBSCRIBE") ? c.env["VLORCH_OVERSUBSCRIBE"] == "1"
                                                         : job.hostfile.empty() && job.np > static_cast<int>(cores);
   c.env.erase("VLORCH_OVERSUBSCRIBE");
+  if (Status keyed = IssueIncarnationKey(job, &c.env); !keyed.ok()) return fail(keyed.message());
   c.program = {options_.worker_binary,
                "--job", job.spec_path,
                "--stage", stage,
@@ -1135,6 +1288,7 @@ nlohmann::json Coordinator::Health() {
                         {"unknown_job", msgs_unknown_job_.load()},
                         {"refused", msgs_refused_.load()}}},
           {"kills_refused", kills_refused_.load()},
+          {"peers_unauthenticated", peers_unauthenticated_.load()},
           {"http_unauthorized", http_unauthorized_.load()}};
 }
 
@@ -1161,6 +1315,9 @@ std::string Coordinator::Metrics() {
   out += fmt::format("vlorch_coordinator_messages_total{{result=\"stale_incarnation\"}} {}\n", msgs_stale_.load());
   out += fmt::format("vlorch_coordinator_messages_total{{result=\"unknown_job\"}} {}\n", msgs_unknown_job_.load());
   out += fmt::format("vlorch_coordinator_messages_total{{result=\"refused\"}} {}\n", msgs_refused_.load());
+  head("vlorch_coordinator_peers_unauthenticated_total", "control-plane connections refused for an unknown CURVE key",
+       "counter");
+  out += fmt::format("vlorch_coordinator_peers_unauthenticated_total {}\n", peers_unauthenticated_.load());
   head("vlorch_coordinator_kills_refused_total", "signals not sent to pids not provably a rank of the incarnation",
        "counter");
   out += fmt::format("vlorch_coordinator_kills_refused_total {}\n", kills_refused_.load());

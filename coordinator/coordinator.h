@@ -24,6 +24,7 @@
 
 #include "common/status.h"
 #include "coordinator/job_record.h"
+#include "jobs/control_keys.h"
 #include "jobs/control_protocol.h"
 
 namespace vlorch {
@@ -131,6 +132,8 @@ class Coordinator {
   int http_port() const;
   // The HTTP API token in force (given or made).
   const std::string& token() const { return token_; }
+  // What ranks of attached jobs connect with (also published at CurveDiscoveryPath(port)).
+  const CurveCredentials& attach_credentials() const { return attach_curve_; }
   const std::string& zmq_endpoint() const { return zmq_bound_; }
   const CoordinatorOptions& options() const { return options_; }
 
@@ -141,7 +144,15 @@ class Coordinator {
   void SuperviseLoop();
   // `attach_specs`: the specs of attach registrations for unknown jobs, read without mu_ by
   // PreloadAttachSpecs (null: unreadable).
-  void Handle(const ControlMessage& m, const std::map<std::string, std::shared_ptr<const JobSpec>>& attach_specs);
+  // `peer`: the ZAP handler's user id of the connection the message came on ("attach", or
+  // "job:<id>:<incarnation>"); a key speaks for its own job only.
+  void Handle(const ControlMessage& m, const std::string& peer,
+              const std::map<std::string, std::shared_ptr<const JobSpec>>& attach_specs);
+  Status SetUpCurve();
+  // Admits `client_key` (Z85) under mu-free curve_mu_: its user id, or empty.
+  std::string CurveClient(const std::string& client_key);
+  // Under mu_: a fresh key pair for the job's new incarnation; its secret half goes to `env`.
+  Status IssueIncarnationKey(JobRecord& job, std::map<std::string, std::string>* env);
   std::map<std::string, std::shared_ptr<const JobSpec>> PreloadAttachSpecs(const std::vector<ControlMessage>& batch);
   HttpResponse Route(const HttpRequest& request);
   // Host/Origin checks and the token: a refusal, or nullopt with *authenticated set.
@@ -166,6 +177,13 @@ class Coordinator {
   CoordinatorOptions options_;
   std::string token_;
   std::string published_token_path_;
+  // CURVE: the server pair, the attach pair, and the admitted client keys.
+  std::string curve_server_public_, curve_server_secret_;
+  CurveCredentials attach_curve_;
+  std::string published_curve_path_;
+  std::mutex curve_mu_;
+  std::map<std::string, std::string> curve_clients_;  // Z85 public key -> user id
+  std::thread zap_;
   std::unique_ptr<StateStore> store_;
   std::unique_ptr<HttpServer> http_;
   std::string zmq_bound_;
@@ -190,6 +208,8 @@ class Coordinator {
   // Messages naming a rank outside the job's world, a world other than the job's, or an
   // attached job past max_attached_jobs.
   std::atomic<uint64_t> msgs_refused_{0};
+  // Connections whose CURVE key the ZAP handler did not know.
+  std::atomic<uint64_t> peers_unauthenticated_{0};
   // Signals not sent: a rank's pid that was not provably a process of its incarnation.
   std::atomic<uint64_t> kills_refused_{0};
   std::atomic<uint64_t> http_requests_{0}, http_errors_{0}, http_unauthorized_{0};

@@ -173,6 +173,7 @@ nlohmann::json ToJson(const JobRecord& job) {
                       {"run_dir", job.run_dir},
                       {"np", job.np},
                       {"hostfile", job.hostfile},
+                      {"curve_public", job.curve_public},
                       {"env", job.env},
                       {"attached", job.attached},
                       {"state", JobStateName(job.state)},
@@ -208,6 +209,7 @@ StatusOr<JobRecord> JobFromJson(const nlohmann::json& j) {
     job.run_dir = j.value("run_dir", "");
     job.np = j.value("np", 0);
     job.hostfile = j.value("hostfile", "");
+    job.curve_public = j.value("curve_public", "");
     job.env = j.value("env", std::map<std::string, std::string>{});
     job.attached = j.value("attached", false);
     ASSIGN_OR_RETURN(job.state, ParseJobState(j.value("state", "")));

@@ -72,6 +72,9 @@ struct StageRecord {
 
 struct JobRecord {
   std::string id;
+  // The current incarnation's control-plane public key (Z85; jobs/control_keys.h): the ZAP
+  // handler admits ranks that hold its secret half, for this job and incarnation only.
+  std::string curve_public;
   std::string name;          // the spec's job name
   std::string spec_path;     // absolute
   std::string spec_yaml;     // the text submitted, kept for the record

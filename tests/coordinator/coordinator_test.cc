@@ -25,12 +25,24 @@
 #include "coordinator/http_server.h"
 #include "coordinator/launcher.h"
 #include "coordinator/state_store.h"
+#include "jobs/control_keys.h"
 #include "jobs/control_protocol.h"
 
 namespace vlorch::coord {
 namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
+
+// A simulated worker proves itself as an attached rank does: with the coordinator's published
+// attach credentials (jobs/control_keys.h), found from the endpoint.
+void UseAttachCredentials(zmq::socket_t& s, const std::string& endpoint) {
+  auto found = FindCurveCredentials(endpoint);
+  ASSERT_TRUE(found.ok()) << found.status().ToString();
+  ASSERT_TRUE(found->has_value()) << "nothing published for " << endpoint;
+  s.set(zmq::sockopt::curve_serverkey, (*found)->server_public);
+  s.set(zmq::sockopt::curve_publickey, (*found)->public_key);
+  s.set(zmq::sockopt::curve_secretkey, (*found)->secret_key);
+}
 
 fs::path TempDir(const std::string& name) {
   fs::path p = fs::temp_directory_path() / fmt::format("vlorch-coord-{}-{}", name, ::getpid());
@@ -417,6 +429,7 @@ class LiveCoordinator : public ::testing::Test {
   void SendRaw(const std::vector<std::string>& frames) {
     zmq::socket_t s(ctx_, zmq::socket_type::dealer);
     s.set(zmq::sockopt::linger, 1000);
+    UseAttachCredentials(s, coord_->zmq_endpoint());
     s.connect(coord_->zmq_endpoint());
     for (size_t i = 0; i < frames.size(); ++i)
       s.send(zmq::buffer(frames[i]), i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
@@ -447,6 +460,7 @@ class LiveCoordinator : public ::testing::Test {
 TEST_F(LiveCoordinator, MalformedControlMessagesAreDroppedAndCounted) {
   zmq::socket_t s(ctx_, zmq::socket_type::dealer);
   s.set(zmq::sockopt::linger, 2000);
+  UseAttachCredentials(s, coord_->zmq_endpoint());
   s.connect(coord_->zmq_endpoint());
   auto send = [&](const std::vector<std::string>& frames) {
     for (size_t i = 0; i < frames.size(); ++i)
@@ -532,6 +546,7 @@ class FakeRank {
   FakeRank(zmq::context_t& ctx, const std::string& endpoint, int rank, int world, int64_t incarnation = 0)
       : sock_(ctx, zmq::socket_type::dealer), rank_(rank), world_(world), incarnation_(incarnation) {
     sock_.set(zmq::sockopt::linger, 1000);
+    UseAttachCredentials(sock_, endpoint);
     sock_.connect(endpoint);
   }
   void Send(ControlMessage m) {

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <optional>
 #include <fstream>
 #include <thread>
 
@@ -121,15 +122,26 @@ class Secured : public ::testing::Test {
   }
   json Health() { return json::parse(Http("GET", "/api/health").body); }
 
-  // A DEALER speaking the protocol for job `job`.
-  void Send(ControlMessage m) {
-    if (!sock_) {
-      sock_ = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::dealer);
-      sock_->set(zmq::sockopt::linger, 1000);
-      sock_->connect(coord_->zmq_endpoint());
+  // A DEALER with the given credentials (none: a plain, unauthenticated peer).
+  std::unique_ptr<zmq::socket_t> Dealer(const std::optional<CurveCredentials>& curve) {
+    auto s = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::dealer);
+    s->set(zmq::sockopt::linger, 1000);
+    if (curve) {
+      s->set(zmq::sockopt::curve_serverkey, curve->server_public);
+      s->set(zmq::sockopt::curve_publickey, curve->public_key);
+      s->set(zmq::sockopt::curve_secretkey, curve->secret_key);
     }
+    s->connect(coord_->zmq_endpoint());
+    return s;
+  }
+  // Sends on a connection with the attach credentials, as an attached rank would.
+  void Send(ControlMessage m) {
+    if (!sock_) sock_ = Dealer(coord_->attach_credentials());
+    SendOn(*sock_, m);
+  }
+  static void SendOn(zmq::socket_t& s, const ControlMessage& m) {
     const std::string bytes = EncodeMessage(m);
-    sock_->send(zmq::buffer(bytes), zmq::send_flags::none);
+    s.send(zmq::buffer(bytes), zmq::send_flags::none);
   }
   static ControlMessage Register(const std::string& job, int rank, int world, int64_t pid, int64_t incarnation = 0) {
     ControlMessage m;
@@ -442,7 +454,8 @@ TEST_F(Secured, AnAttachSpecThatIsAFifoDoesNotFreezeTheApi) {
 // launches it as it would mpirun.
 TEST_F(Secured, APidARankMerelyClaimsIsNeverSignalled) {
   const fs::path fake = dir_ / "fake-mpirun.sh";
-  std::ofstream(fake) << "#!/bin/sh\nsleep 300 &\necho $! > " << (dir_ / "child.pid").string() << "\nwait\n";
+  std::ofstream(fake) << "#!/bin/sh\nenv | grep '^VLORCH_CURVE_' > " << (dir_ / "curve.env").string()
+                       << "\nsleep 300 &\necho $! > " << (dir_ / "child.pid").string() << "\nwait\n";
   fs::permissions(fake, fs::perms::owner_all);
   options_.mpirun = fake.string();
   options_.heartbeat_timeout_s = 0.5;
@@ -461,12 +474,25 @@ TEST_F(Secured, APidARankMerelyClaimsIsNeverSignalled) {
   std::ifstream(dir_ / "child.pid") >> child;
   ASSERT_GT(child, 0);
   auto incarnation = json::parse(Http("GET", "/api/jobs/" + id).body)["incarnation"].get<int64_t>();
+  // The launcher handed mpirun this incarnation's key pair in its environment.
+  CurveCredentials keys;
+  std::ifstream env(dir_ / "curve.env");
+  for (std::string line; std::getline(env, line);) {
+    const auto eq = line.find('=');
+    const std::string name = line.substr(0, eq), value = line.substr(eq + 1);
+    if (name == kCurveServerEnv) keys.server_public = value;
+    if (name == kCurvePublicEnv) keys.public_key = value;
+    if (name == kCurveSecretEnv) keys.secret_key = value;
+  }
+  ASSERT_TRUE(keys.Valid()) << "the launcher did not hand mpirun its CURVE credentials";
+  EXPECT_EQ(keys.server_public, coord_->attach_credentials().server_public);
+  auto job_sock = Dealer(keys);
   // Rank 0 is the launcher's real child; "rank 1" names the victim. Both then fall silent.
   for (int rank = 0; rank < 2; ++rank) {
     ControlMessage m = Register(id, rank, 2, rank == 0 ? child : victim->pid, incarnation);
     m.attach = false;
     m.host = HostName();
-    Send(m);
+    SendOn(*job_sock, m);
   }
   ASSERT_TRUE(Eventually([&] { return json::parse(Http("GET", "/api/jobs/" + id).body)["state"] == "failed"; }, 20));
   EXPECT_TRUE(StillRunning(victim->pid, victim->start_ticks)) << "the coordinator killed a process it did not start";
@@ -475,6 +501,75 @@ TEST_F(Secured, APidARankMerelyClaimsIsNeverSignalled) {
       << "the launcher's own rank was not stopped";
   ::kill(victim->pid, SIGKILL);
   ::waitpid(victim->pid, nullptr, 0);
+}
+
+TEST_F(Secured, PeersWithoutAKnownKeyAreNotHeard) {
+  Start();
+  // A plain peer cannot even complete the handshake; a CURVE peer with a key of its own is
+  // refused by the ZAP handler and counted.
+  auto plain = Dealer(std::nullopt);
+  SendOn(*plain, Register("plain-job", 0, 1, 1));
+  char pub[41], sec[41];
+  ASSERT_EQ(zmq_curve_keypair(pub, sec), 0);
+  auto stranger = Dealer(CurveCredentials{coord_->attach_credentials().server_public, pub, sec});
+  SendOn(*stranger, Register("stranger-job", 0, 1, 1));
+  ASSERT_TRUE(Eventually([&] { return Health()["peers_unauthenticated"].get<int>() >= 1; })) << Health().dump();
+  // The attach key is heard (and shows the two above were not refused for another reason).
+  Send(Register("known-job", 0, 1, 1));
+  ASSERT_TRUE(Eventually([&] { return Http("GET", "/api/jobs/known-job").status == 200; }));
+  EXPECT_EQ(Http("GET", "/api/jobs/plain-job").status, 404);
+  EXPECT_EQ(Http("GET", "/api/jobs/stranger-job").status, 404);
+  EXPECT_EQ(Health()["messages"]["ok"].get<int>(), 1);
+  const std::string metrics = Http("GET", "/metrics").body;
+  EXPECT_NE(metrics.find("vlorch_coordinator_peers_unauthenticated_total "), std::string::npos);
+  // The published attach credentials are this user's, private, and what an agent finds.
+  auto found = FindCurveCredentials(coord_->zmq_endpoint());
+  ASSERT_TRUE(found.ok() && found->has_value());
+  EXPECT_EQ((*found)->public_key, coord_->attach_credentials().public_key);
+  EXPECT_FALSE(FindCurveCredentials("tcp://192.0.2.7:7011")->has_value());
+  // A restart keeps the keys: adopted and attached ranks reconnect with what they hold.
+  const auto before = coord_->attach_credentials();
+  coord_.reset();
+  Start();
+  EXPECT_EQ(coord_->attach_credentials().server_public, before.server_public);
+  EXPECT_EQ(coord_->attach_credentials().public_key, before.public_key);
+}
+
+TEST_F(Secured, TheAttachKeyCannotSpeakForALaunchedJob) {
+  const fs::path fake = dir_ / "fake-mpirun.sh";
+  std::ofstream(fake) << "#!/bin/sh\nexec sleep 300\n";
+  fs::permissions(fake, fs::perms::owner_all);
+  options_.mpirun = fake.string();
+  Start();
+  std::ofstream(dir_ / "job.yaml") << TinySpec(dir_);
+  auto r = Http("POST", "/api/jobs", json{{"spec_path", (dir_ / "job.yaml").string()}, {"np", 2}}.dump());
+  ASSERT_EQ(r.status, 201) << r.body;
+  const std::string id = json::parse(r.body)["id"];
+  json job;
+  ASSERT_TRUE(Eventually([&] {
+    job = json::parse(Http("GET", "/api/jobs/" + id).body);
+    return job["state"] == "launching";
+  }));
+  const int64_t incarnation = job["incarnation"];
+  // With the attach key: a launched-mode registration, an error report, an attach under the
+  // launched job's id. None may touch the job.
+  ControlMessage reg = Register(id, 0, 2, 1, incarnation);
+  reg.attach = false;
+  Send(reg);
+  ControlMessage err;
+  err.type = MessageType::kError;
+  err.job = id;
+  err.incarnation = incarnation;
+  err.cause = "forged";
+  Send(err);
+  Send(Register(id, 1, 2, 1, incarnation));
+  ASSERT_TRUE(Eventually([&] { return Health()["messages"]["refused"].get<int>() >= 3; })) << Health().dump();
+  job = json::parse(Http("GET", "/api/jobs/" + id).body);
+  EXPECT_EQ(job["ranks"].size(), 0u) << job.dump();
+  EXPECT_EQ(job["state"], "launching");
+  EXPECT_TRUE(job["failure_causes"].empty());
+  EXPECT_FALSE(job["curve_public"].get<std::string>().empty());
+  ::kill(static_cast<pid_t>(job["launcher_pid"].get<int64_t>()), SIGKILL);
 }
 
 }  // namespace

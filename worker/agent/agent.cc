@@ -25,6 +25,13 @@ StatusOr<std::unique_ptr<CoordinatorAgent>> CoordinatorAgent::Connect(AgentOptio
   if (!IsValidJobId(options.job_id))
     return InvalidArgumentError(fmt::format("job id '{}' is not valid ([A-Za-z0-9._-], 1-64 chars)", options.job_id));
   if (options.heartbeat_interval_s <= 0) options.heartbeat_interval_s = 1.0;
+  if (!options.curve) {
+    ASSIGN_OR_RETURN(options.curve, FindCurveCredentials(options.endpoint));
+    if (!options.curve)
+      VLOG_WARNING("coordinator agent: no control-plane credentials for {} ({} etc. unset, no {} on this machine): the "
+                   "coordinator will refuse this rank; training goes on untracked",
+                   options.endpoint, kCurveServerEnv, CurveDiscoveryPath(0).substr(0, CurveDiscoveryPath(0).size() - 1) + "<port>");
+  }
   std::unique_ptr<CoordinatorAgent> a(new CoordinatorAgent(std::move(options)));
   // Connecting is asynchronous in ZeroMQ: an unreachable coordinator is not an error here;
   // the socket keeps retrying while the rank trains.
@@ -122,6 +129,11 @@ void CoordinatorAgent::Loop() {
   sock.set(zmq::sockopt::reconnect_ivl, 200);
   sock.set(zmq::sockopt::reconnect_ivl_max, 2000);
   try {
+    if (options_.curve) {
+      sock.set(zmq::sockopt::curve_serverkey, options_.curve->server_public);
+      sock.set(zmq::sockopt::curve_publickey, options_.curve->public_key);
+      sock.set(zmq::sockopt::curve_secretkey, options_.curve->secret_key);
+    }
     sock.connect(options_.endpoint);
   } catch (const zmq::error_t& e) {
     VLOG_ERROR("coordinator agent: cannot connect to {}: {}; training goes on untracked", options_.endpoint, e.what());

@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "common/status.h"
+#include "jobs/control_keys.h"
 #include "jobs/control_protocol.h"
 
 namespace vlorch::agent {
@@ -32,6 +33,10 @@ struct AgentOptions {
   std::string run_dir;
   // Heartbeat period. Default 1 s. Progress goes out at most twice per period.
   double heartbeat_interval_s = 1.0;
+  // The CURVE credentials to connect with (jobs/control_keys.h). Default: none given, so
+  // Connect looks them up with FindCurveCredentials(endpoint); without any the coordinator
+  // refuses the rank (it trains on, untracked, and says so).
+  std::optional<CurveCredentials> curve;
 };
 
 class CoordinatorAgent {

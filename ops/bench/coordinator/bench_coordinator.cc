@@ -27,6 +27,7 @@
 
 #include "coordinator/http_server.h"
 #include "coordinator/launcher.h"
+#include "jobs/control_keys.h"
 #include "jobs/control_protocol.h"
 
 namespace {
@@ -42,6 +43,11 @@ void RaiseFdLimit() {
     ::setrlimit(RLIMIT_NOFILE, &lim);
   }
 }
+
+// The credentials the simulated ranks connect with: the coordinator's attach pair, or for the
+// raw baseline a pair for a sink that is a CURVE server too (so both pay for encryption).
+vlorch::CurveCredentials g_curve;
+std::string g_sink_secret;
 
 // One generator process: `ranks` DEALER sockets, ranks [first, first + ranks) of the jobs.
 // rate_per_rank <= 0: as fast as possible. Writes the number of messages sent to `fd`.
@@ -65,6 +71,11 @@ void Generate(const std::string& endpoint, int first, int ranks, int ranks_per_j
     socks.emplace_back(ctx, zmq::socket_type::dealer);
     socks.back().set(zmq::sockopt::linger, 0);
     socks.back().set(zmq::sockopt::sndhwm, 100000);
+    if (g_curve.Valid()) {
+      socks.back().set(zmq::sockopt::curve_serverkey, g_curve.server_public);
+      socks.back().set(zmq::sockopt::curve_publickey, g_curve.public_key);
+      socks.back().set(zmq::sockopt::curve_secretkey, g_curve.secret_key);
+    }
     socks.back().connect(endpoint);
     m.type = vlorch::MessageType::kRegister;
     m.host = fmt::format("sim{:03d}", global / 8);
@@ -148,6 +159,8 @@ pid_t RawSink(const std::string& endpoint, double seconds, int fd) {
   zmq::context_t ctx(1);
   zmq::socket_t s(ctx, zmq::socket_type::router);
   s.set(zmq::sockopt::rcvhwm, 100000);
+  s.set(zmq::sockopt::curve_server, true);
+  s.set(zmq::sockopt::curve_secretkey, g_sink_secret);
   s.bind(endpoint);
   uint64_t n = 0;
   zmq::message_t id, body;
@@ -204,6 +217,12 @@ int main(int argc, char** argv) {
 
   // Baseline: raw ROUTER capacity with the same generators.
   const int raw_port = 7790;
+  {
+    char spub[41], ssec[41], cpub[41], csec[41];
+    if (zmq_curve_keypair(spub, ssec) != 0 || zmq_curve_keypair(cpub, csec) != 0) return 1;
+    g_curve = {spub, cpub, csec};
+    g_sink_secret = ssec;
+  }
   int fds[2];
   if (::pipe(fds) != 0) return 1;
   const pid_t sink = RawSink(fmt::format("tcp://127.0.0.1:{}", raw_port), capacity_seconds + 1.5, fds[1]);
@@ -231,6 +250,19 @@ int main(int argc, char** argv) {
   for (int i = 0; i < 100 && MessagesOk(http) == 0 && !vlorch::coord::HttpCall("127.0.0.1", http, "GET", "/api/health", "", vlorch::coord::DiscoverToken("127.0.0.1", http)).ok(); ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   const std::string endpoint = fmt::format("tcp://127.0.0.1:{}", zmq_port);
+  {
+    // The coordinator's published attach credentials, as an attached worker finds them.
+    auto found = vlorch::FindCurveCredentials(endpoint);
+    for (int i = 0; i < 50 && (!found.ok() || !found->has_value()); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      found = vlorch::FindCurveCredentials(endpoint);
+    }
+    if (!found.ok() || !found->has_value()) {
+      std::fprintf(stderr, "no attach credentials published for %s\n", endpoint.c_str());
+      return 1;
+    }
+    g_curve = **found;
+  }
 
   // Capacity: as fast as the generators can send.
   uint64_t before = MessagesOk(http);
