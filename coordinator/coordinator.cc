@@ -1098,6 +1098,16 @@ StatusOr<std::string> Coordinator::Submit(const SubmitRequest& req) {
   }
   if (np == 0) np = std::max(1, spec.layout.tp * std::max(1, spec.layout.dp));
   if (np < 0 || np > kMaxRanksPerJob) return InvalidArgumentError(fmt::format("np {} is out of range", np));
+  if (!options_.run_root.empty()) {
+    std::error_code ec;
+    const fs::path root = fs::weakly_canonical(options_.run_root, ec);
+    const fs::path run = fs::weakly_canonical(spec.run_dir, ec);
+    const auto [end, _] = std::mismatch(root.begin(), root.end(), run.begin(), run.end());
+    if (ec || end != root.end())
+      return InvalidArgumentError(fmt::format("{}: run_dir {} (resolved {}) is outside this coordinator's run root {}; "
+                                              "set run_dir inside it",
+                                              req.spec_path, spec.run_dir, run.string(), root.string()));
+  }
   auto plan = PlanJob(spec, np);
   if (!plan.ok())
     return InvalidArgumentError(fmt::format("{} cannot run on {} ranks: {}", req.spec_path, np, plan.status().message()));

@@ -64,6 +64,10 @@ struct CoordinatorOptions {
   // allow-list (coordinator/job_env.h); loader and MPI-launch settings are refused whatever
   // this says. Default none.
   std::vector<std::string> allow_env;
+  // When set, a submitted job's run directory (symlinks resolved) must lie inside this folder,
+  // so a submission cannot make the coordinator write checkpoints and logs elsewhere.
+  // Default empty: anywhere the coordinator's user can write.
+  std::string run_root;
   // Jobs started outside the coordinator (attach mode) tracked at once; registrations of
   // more are dropped and counted. Default 64.
   int max_attached_jobs = 64;

@@ -1,6 +1,7 @@
 #include "jobs/job_spec.h"
 
 #include "common/durable_file.h"
+#include "jobs/control_protocol.h"
 #include "jobs/model_schema.h"
 
 #include <filesystem>
@@ -511,7 +512,19 @@ StatusOr<JobSpec> ParseJobSpec(const std::string& yaml_text, const std::string& 
   try {
     RETURN_IF_ERROR(r.Get("name", &spec.name));
     if (spec.name.empty()) return r.Error(root, "name", "missing; every job needs a name");
+    // It names the default run directory and the coordinator's job id: no path in it.
+    if (!IsValidJobId(spec.name))
+      return r.Error(root["name"], "name",
+                     "use letters, digits, '.', '_' and '-' only, at most 64, not starting with '.' (it names the run "
+                     "directory)");
     RETURN_IF_ERROR(r.Get("run_dir", &spec.run_dir));
+    if (!spec.run_dir.empty() && spec.run_dir[0] != '/') {
+      const auto normal = std::filesystem::path(spec.run_dir).lexically_normal();
+      if (!normal.empty() && *normal.begin() == "..")
+        return r.Error(root["run_dir"], "run_dir",
+                       fmt::format("'{}' climbs out of the spec's folder; give an absolute path to keep runs elsewhere",
+                                   spec.run_dir));
+    }
     RETURN_IF_ERROR(r.Get("seed", &spec.seed));
     RETURN_IF_ERROR(r.GetRange("threads", &spec.threads, 1, 1024));
     if (r.Has("model") == r.Has("models"))

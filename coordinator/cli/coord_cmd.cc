@@ -126,6 +126,7 @@ struct CoordinatorFlags {
   bool foreground = false;
   bool public_read = false;
   std::vector<std::string> allow_env;
+  std::string run_root;
 };
 
 void AddCoordinatorFlags(CLI::App* cmd, CoordinatorFlags* f, bool with_state_dir) {
@@ -139,6 +140,7 @@ void AddCoordinatorFlags(CLI::App* cmd, CoordinatorFlags* f, bool with_state_dir
   cmd->add_option("--allow-env", f->allow_env,
                   "job environment names (or NAME_PREFIX*) to allow beyond the built-in list; loader and MPI settings "
                   "are refused whatever this says (docs/security.md)");
+  cmd->add_option("--run-root", f->run_root, "refuse jobs whose run_dir lies outside this folder");
   cmd->add_flag("--public-read", f->public_read,
                 "serve the status page, /metrics and job views without a token to loopback peers");
 }
@@ -156,6 +158,7 @@ StatusOr<coord::CoordinatorOptions> MakeOptions(const Client& c, const Coordinat
   o.default_restart_budget = f.restart_budget;
   o.allow_env = f.allow_env;
   o.public_read = f.public_read;
+  o.run_root = f.run_root;
   return o;
 }
 

@@ -572,5 +572,31 @@ TEST_F(Secured, TheAttachKeyCannotSpeakForALaunchedJob) {
   ::kill(static_cast<pid_t>(job["launcher_pid"].get<int64_t>()), SIGKILL);
 }
 
+TEST_F(Secured, RunDirectoriesOutsideTheRunRootAreRefused) {
+  options_.run_root = (dir_ / "runs").string();
+  options_.max_running_jobs = 0;
+  fs::create_directories(dir_ / "runs");
+  Start();
+  // The tiny spec's run_dir is <dir>/run: outside <dir>/runs.
+  std::ofstream(dir_ / "job.yaml") << TinySpec(dir_);
+  auto r = Http("POST", "/api/jobs", json{{"spec_path", (dir_ / "job.yaml").string()}, {"np", 1}}.dump());
+  EXPECT_EQ(r.status, 400) << r.body;
+  EXPECT_NE(r.body.find("outside this coordinator's run root"), std::string::npos) << r.body;
+  // A symlink inside the root that points out of it is outside too.
+  fs::create_directory_symlink(dir_, dir_ / "runs" / "escape");
+  std::string spec = TinySpec(dir_);
+  spec.replace(spec.find("run_dir: "), std::string("run_dir: ").size() + (dir_ / "run").string().size(),
+               "run_dir: " + (dir_ / "runs" / "escape" / "run").string());
+  std::ofstream(dir_ / "job2.yaml") << spec;
+  r = Http("POST", "/api/jobs", json{{"spec_path", (dir_ / "job2.yaml").string()}, {"np", 1}}.dump());
+  EXPECT_EQ(r.status, 400) << r.body;
+  spec = TinySpec(dir_);
+  spec.replace(spec.find("run_dir: "), std::string("run_dir: ").size() + (dir_ / "run").string().size(),
+               "run_dir: " + (dir_ / "runs" / "inside").string());
+  std::ofstream(dir_ / "job3.yaml") << spec;
+  r = Http("POST", "/api/jobs", json{{"spec_path", (dir_ / "job3.yaml").string()}, {"np", 1}}.dump());
+  EXPECT_EQ(r.status, 201) << r.body;
+}
+
 }  // namespace
 }  // namespace vlorch::coord

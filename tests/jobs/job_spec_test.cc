@@ -83,6 +83,11 @@ TEST(JobSpec, ErrorsNameFileLineAndField) {
       {"tokenizer: {kind: byte}", "tokenizer: {kind: gpt2}", "gpt2 needs `vocab`"},
       {"stores: [data/a, /abs/b]", "stores: []", "data.stores: missing"},
       {"trainable: [\"qformer.*\", \"language_projection.*\"]", "trainable: []", "stages[1].trainable: missing"},
+      // Names and run directories that would climb out of where runs go.
+      {"name: tiny", "name: ../../etc", "name: use letters, digits"},
+      {"name: tiny", "name: .hidden", "name: use letters, digits"},
+      {"seed: 7", "seed: 7\nrun_dir: ../../outside", "run_dir: '../../outside' climbs out of the spec's folder"},
+      {"seed: 7", "seed: 7\nrun_dir: runs/../../x", "climbs out"},
   };
   testing_util::ExpectSpecErrors(kGood, cases);
 }
