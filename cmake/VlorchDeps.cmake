@@ -23,7 +23,9 @@ pkg_check_modules(ICU_UC REQUIRED IMPORTED_TARGET icu-uc)
 find_package(LibArchive REQUIRED)
 # libzip: pkg-config, because Debian's CMake config demands the zipcmp/zipmerge tools.
 pkg_check_modules(LIBZIP REQUIRED IMPORTED_TARGET libzip)
-find_package(Torch REQUIRED)
+if(NOT VLORCH_FUZZ)  # the fuzz build has no LibTorch module
+  find_package(Torch REQUIRED)
+endif()
 # Debian's gflags config (pulled in by LibTorch's) defines a `gflags` target whose location
 # is set for no configuration; give it one so every build type links.
 if(TARGET gflags)

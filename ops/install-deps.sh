@@ -22,8 +22,8 @@ PACKAGES=(
   libturbojpeg0-dev libjpeg62-turbo-dev libsentencepiece-dev libarchive-dev libzip-dev
   # Unicode character classes for the GPT-2 pre-tokeniser
   libicu-dev
-  # tests
-  libgtest-dev libgmock-dev
+  # tests; clang and its runtimes for the libFuzzer targets and sanitizer builds (ops/fuzz.sh)
+  libgtest-dev libgmock-dev clang-14 libclang-rt-14-dev
   # benchmark baselines (Python PyTorch peers) and scripts
   python3 python3-torch python3-torchvision python3-pil python3-numpy
   # reference tokeniser in tests (the regex engine GPT-2's pattern was written for)

@@ -6,6 +6,8 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 bash "$root/ops/install-deps.sh"
 bash "$root/ops/build.sh"
 build="${VLORCH_BUILD_DIR:-$root/build}"
+# The fuzz targets, a bounded time each (ops/fuzz.sh; longer runs by hand).
+bash "$root/ops/fuzz.sh" --seconds "${VLORCH_FUZZ_SECONDS:-20}"
 start=$(date +%s)
 # Unit tests run in parallel; the mpirun tests are RUN_SERIAL (ranks share the cores).
 (cd "$build" && ctest --output-on-failure -j "$(nproc)" "$@")
