@@ -24,9 +24,10 @@ if ! command -v clang++-14 >/dev/null; then
   exit 1
 fi
 start=$(date +%s)
+mkdir -p "$build"
 CC=clang-14 CXX=clang++-14 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVLORCH_FUZZ=ON \
-  -DVLORCH_WITH_CUDA=OFF > "$build.configure.log" 2>&1 || { cat "$build.configure.log"; exit 1; }
-cmake --build "$build" -j "$(nproc)" > "$build.build.log" 2>&1 || { tail -50 "$build.build.log"; exit 1; }
+  -DVLORCH_WITH_CUDA=OFF > "$build/vlorch-configure.log" 2>&1 || { cat "$build/vlorch-configure.log"; exit 1; }
+cmake --build "$build" -j "$(nproc)" > "$build/vlorch-build.log" 2>&1 || { tail -50 "$build/vlorch-build.log"; exit 1; }
 echo "fuzz: built in $(( $(date +%s) - start )) s"
 if [ ${#targets[@]} -eq 0 ]; then
   for d in "$root"/tests/fuzz/corpus/*/; do targets+=("$(basename "$d")"); done

@@ -9,11 +9,12 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 build="${VLORCH_ASAN_BUILD_DIR:-$root/build-asan}"
 flags="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
 start=$(date +%s)
+mkdir -p "$build"
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVLORCH_BUILD_BENCH=OFF \
   -DCMAKE_CXX_FLAGS="$flags" -DCMAKE_C_FLAGS="$flags" -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" \
-  > "$build.configure.log" 2>&1 || { cat "$build.configure.log"; exit 1; }
+  > "$build/vlorch-configure.log" 2>&1 || { cat "$build/vlorch-configure.log"; exit 1; }
 tests=(common_test jobs_test sharding_test coordinator_test)
-cmake --build "$build" -j "$(nproc)" --target "${tests[@]}" > "$build.build.log" 2>&1 || { tail -50 "$build.build.log"; exit 1; }
+cmake --build "$build" -j "$(nproc)" --target "${tests[@]}" > "$build/vlorch-build.log" 2>&1 || { tail -50 "$build/vlorch-build.log"; exit 1; }
 echo "sanitize: built in $(( $(date +%s) - start )) s"
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
