@@ -22,7 +22,7 @@ failed=0
 for t in "${tests[@]}"; do
   bin=$(find "$build/tests" -name "$t" -type f -perm -u+x | head -1)
   if "$bin" > "$build/$t.log" 2>&1; then
-    echo "sanitize: $t: $(grep -E '^\[  PASSED  \]' "$build/$t.log"), no sanitizer report"
+    echo "sanitize: $t: $(grep -Eo '^\[  PASSED  \] [0-9]+' "$build/$t.log" | grep -Eo '[0-9]+$') tests passed, no sanitizer report"
   else
     failed=$((failed + 1))
     echo "sanitize: $t FAILED:"
