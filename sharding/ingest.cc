@@ -24,7 +24,7 @@ bool Blank(const std::string& s) { return s.find_first_not_of(" \t\r\n\v\f") == 
 
 // Fills the sample from a raw record (moving its image bytes: the raw record keeps only what
 // the quarantine and the source bookkeeping need) or returns (reason, detail).
-std::pair<std::string, std::string> Validate(RawRecord& raw, Sample* s) {
+std::pair<std::string, std::string> Validate(RawRecord& raw, const JpegLimits& jpeg_limits, Sample* s) {
   if (!raw.reject_reason.empty()) return {raw.reject_reason, raw.reject_detail};
   if (raw.wants_image && !raw.image_found) return {"missing_image", "the record has no image file"};
   if (!IsValidUtf8(raw.text) || !IsValidUtf8(raw.id)) return {"non_utf8_text", "text is not valid UTF-8"};
@@ -46,7 +46,7 @@ std::pair<std::string, std::string> Validate(RawRecord& raw, Sample* s) {
   if (raw.kind != SampleKind::kConversation && Blank(raw.text))
     return {raw.kind == SampleKind::kText ? "empty_text" : "empty_caption", "the text is empty or whitespace"};
   if (raw.wants_image) {
-    JpegCheck j = CheckJpeg(raw.image);
+    JpegCheck j = CheckJpeg(raw.image, jpeg_limits);
     if (!j.ok) return {j.reason, j.detail};
     s->record.width = j.width;
     s->record.height = j.height;
@@ -58,6 +58,13 @@ std::pair<std::string, std::string> Validate(RawRecord& raw, Sample* s) {
   s->record.conversation = raw.conversation;
   s->record.metadata_json = raw.metadata_json;
   return {};
+}
+
+// What a record holds in memory, for the batch byte budget.
+uint64_t RecordBytes(const RawRecord& r) {
+  uint64_t n = r.image.size() + r.text.size() + r.metadata_json.size() + r.id.size();
+  for (const Turn& t : r.conversation) n += t.from.size() + t.value.size();
+  return n;
 }
 
 uint64_t FileSize(const std::string& path) {
@@ -88,6 +95,9 @@ Status IngestOptions::Validate() const {
   if (batch_size < 1) return InvalidArgumentError("batch size must be >= 1");
   if (threads < 0) return InvalidArgumentError("threads must be >= 0");
   if (flush_every_batches < 0) return InvalidArgumentError("flush_every_batches must be >= 0");
+  if (max_batch_bytes < 1) return InvalidArgumentError("max_batch_bytes must be >= 1");
+  RETURN_IF_ERROR(read_limits.Validate());
+  RETURN_IF_ERROR(jpeg_limits.Validate());
   return Status::OK();
 }
 
@@ -125,11 +135,11 @@ StatusOr<IngestReport> Ingest(ShardStore& store, const IngestOptions& options) {
     }
     std::unique_ptr<RecordReader> reader;
     if (options.format == SourceFormat::kJsonl) {
-      ASSIGN_OR_RETURN(reader, OpenJsonl(path));
+      ASSIGN_OR_RETURN(reader, OpenJsonl(path, options.read_limits));
     } else if (options.format == SourceFormat::kLlava) {
-      ASSIGN_OR_RETURN(reader, OpenLlava(path));
+      ASSIGN_OR_RETURN(reader, OpenLlava(path, options.read_limits));
     } else {
-      ASSIGN_OR_RETURN(reader, OpenImg2DatasetTar(path));
+      ASSIGN_OR_RETURN(reader, OpenImg2DatasetTar(path, options.read_limits));
     }
     // Skip what earlier runs committed.
     RawRecord raw;
@@ -148,7 +158,8 @@ StatusOr<IngestReport> Ingest(ShardStore& store, const IngestOptions& options) {
     };
     auto read_batch = [&reader, &options]() {
       Read r;
-      while (static_cast<int>(r.raws.size()) < options.batch_size) {
+      uint64_t held = 0;
+      while (static_cast<int>(r.raws.size()) < options.batch_size && held < options.max_batch_bytes) {
         RawRecord rec;
         auto more = reader->Next(&rec);
         if (!more.ok()) {
@@ -159,6 +170,7 @@ StatusOr<IngestReport> Ingest(ShardStore& store, const IngestOptions& options) {
           r.end = true;
           break;
         }
+        held += RecordBytes(rec);
         r.raws.push_back(std::move(rec));
       }
       r.bytes = reader->bytes_read();
@@ -202,7 +214,7 @@ StatusOr<IngestReport> Ingest(ShardStore& store, const IngestOptions& options) {
       std::atomic<size_t> next_record{0};
       for (int t = 0; t < threads; ++t) {
         workers.push_back(std::async(std::launch::async, [&] {
-          for (size_t i; (i = next_record.fetch_add(1)) < raws.size();) verdicts[i] = Validate(raws[i], &samples[i]);
+          for (size_t i; (i = next_record.fetch_add(1)) < raws.size();) verdicts[i] = Validate(raws[i], options.jpeg_limits, &samples[i]);
         }));
       }
       for (auto& w : workers) w.get();

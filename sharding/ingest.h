@@ -12,6 +12,10 @@
 //
 // Bad records are quarantined with a reason (docs/shard-store.md) and counted; none stops
 // the ingest. A source that cannot be read at all fails the ingest with its path.
+//
+// Sources are untrusted input: what one record may make the ingest allocate or decode is
+// bounded by the limits below, checked against what the source declares (and the bytes it
+// actually holds) before anything is allocated; a record over a limit is quarantined.
 #pragma once
 
 #include <cstdint>
@@ -21,6 +25,8 @@
 #include <vector>
 
 #include "common/status.h"
+#include "sharding/jpeg_check.h"
+#include "sharding/readers.h"
 #include "sharding/shard_store.h"
 
 namespace vlorch::sharding {
@@ -48,6 +54,19 @@ struct IngestOptions {
   // makes a re-run redo. 0 (default): RocksDB flushes when its memtables fill (about every
   // 128 MB of images) and the ingest flushes at its end.
   int flush_every_batches = 0;
+  // A batch ends early once its records hold this many bytes (images and text), so the up
+  // to three batches in flight stay small when images are large or many records name the
+  // same zip entry. Default 256 MiB (at ~50 KB per image a batch of 256 holds ~13 MB).
+  uint64_t max_batch_bytes = uint64_t{256} << 20;
+  // Per-record limits on reading a source (sharding/readers.h). Defaults: 64 MiB per image
+  // (max_image_bytes), 16 MiB per JSONL line, chat.json / metadata.json element or tar
+  // .txt/.json member (max_record_bytes), JSON nesting 100 levels (max_json_depth).
+  // Over a size limit: quarantined as oversize_record; too deep: malformed_json.
+  ReadLimits read_limits;
+  // Limits on every image, checked from its header before decoding and while decoding
+  // (sharding/jpeg_check.h). Defaults: 16384 pixels per side (max_side), 2^26 = 64 Mpixel
+  // (max_pixels), 100 scans (max_scans). Over: image_too_large / too_many_scans.
+  JpegLimits jpeg_limits;
   // Called after every batch (e.g. to draw a progress bar). Default: none.
   std::function<void(const IngestProgress&)> on_progress;
 

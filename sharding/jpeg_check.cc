@@ -1,10 +1,32 @@
 #include "sharding/jpeg_check.h"
 #include "sharding/libjpeg_decompressor.h"
 
+#include <cstdio>
 #include <string>
+
+#include <fmt/format.h>
 
 namespace vlorch::sharding {
 namespace {
+
+// libjpeg's progress monitor, called before each step of input (several per scan): fails
+// the decode, through the error manager's longjmp, once the image has started more than
+// max_scans scans. `pub` first: libjpeg hands back a pointer to it.
+struct ScanLimit {
+  jpeg_progress_mgr pub;
+  int max_scans;
+  bool exceeded;
+};
+
+void CheckScanCount(j_common_ptr c) {
+  auto* limit = reinterpret_cast<ScanLimit*>(c->progress);
+  const int scans = reinterpret_cast<j_decompress_ptr>(c)->input_scan_number;
+  if (scans <= limit->max_scans) return;
+  limit->exceeded = true;
+  auto* err = reinterpret_cast<JpegErrorMgr*>(c->err);
+  std::snprintf(err->message, sizeof(err->message), "more than %d scans", limit->max_scans);
+  longjmp(err->jump, 1);
+}
 
 // Decodes the whole entropy-coded image to its end: every row but the last is skipped
 // (jpeg_skip_scanlines Huffman-decodes each MCU and discards the coefficients, with no inverse
@@ -27,7 +49,14 @@ bool DecodeToEnd(LibjpegDecompressor& d, unsigned char* row) {
 
 }  // namespace
 
-JpegCheck CheckJpeg(std::string_view bytes) {
+Status JpegLimits::Validate() const {
+  if (max_side < 1) return InvalidArgumentError("JPEG limits: max_side must be >= 1");
+  if (max_pixels < 1) return InvalidArgumentError("JPEG limits: max_pixels must be >= 1");
+  if (max_scans < 1) return InvalidArgumentError("JPEG limits: max_scans must be >= 1");
+  return Status::OK();
+}
+
+JpegCheck CheckJpeg(std::string_view bytes, const JpegLimits& limits) {
   JpegCheck out;
   if (bytes.empty()) {
     out.reason = "zero_byte_image";
@@ -40,7 +69,7 @@ JpegCheck CheckJpeg(std::string_view bytes) {
     out.detail = "not a JPEG header: " + d.TakeError();
     return out;
   }
-  const jpeg_decompress_struct* c = d.get();
+  jpeg_decompress_struct* c = d.get();
   if (c->image_width < 1 || c->image_height < 1) {
     out.reason = "undecodable_image";
     out.detail = "JPEG header has zero width or height (truncated?)";
@@ -49,15 +78,40 @@ JpegCheck CheckJpeg(std::string_view bytes) {
   }
   out.width = c->image_width;
   out.height = c->image_height;
+  // Before jpeg_start_decompress, which allocates for the declared size.
+  const uint64_t pixels = uint64_t{out.width} * out.height;
+  if (out.width > limits.max_side || out.height > limits.max_side || pixels > limits.max_pixels) {
+    out.reason = "image_too_large";
+    out.detail = fmt::format("the JPEG header declares {}x{} ({} pixels), over the limit of {} pixels per side and {} "
+                             "pixels (JpegLimits::max_side, max_pixels); it was not decoded",
+                             out.width, out.height, pixels, limits.max_side, limits.max_pixels);
+    d.Reset();
+    return out;
+  }
+  // The monitor lives on this stack frame: it is detached before returning (Reset, after a
+  // failure, starts a fresh decompressor without one).
+  ScanLimit scan_limit{};
+  scan_limit.pub.progress_monitor = CheckScanCount;
+  scan_limit.max_scans = limits.max_scans;
+  c->progress = &scan_limit.pub;
   // One output row at 1/8 scale: (width + 7) / 8 RGB pixels.
   thread_local std::string row;
   row.resize((static_cast<size_t>(out.width) + 7) / 8 * 3 + 64);
   if (!DecodeToEnd(d, reinterpret_cast<unsigned char*>(row.data()))) {
-    out.reason = "undecodable_image";
-    out.detail = "JPEG data is damaged or truncated: " + d.TakeError();
+    const std::string why = d.TakeError();
+    if (scan_limit.exceeded) {
+      out.reason = "too_many_scans";
+      out.detail = fmt::format("the {}x{} JPEG has more than {} scans, the limit (JpegLimits::max_scans); decoding "
+                               "stopped there. Re-encode it (e.g. jpegtran -optimize) if it is genuine",
+                               out.width, out.height, limits.max_scans);
+    } else {
+      out.reason = "undecodable_image";
+      out.detail = "JPEG data is damaged or truncated: " + why;
+    }
     out.width = out.height = 0;
     return out;
   }
+  c->progress = nullptr;
   out.ok = true;
   return out;
 }

@@ -221,10 +221,8 @@ TEST(JsonArraySplitterTest, SplitsWithoutParsing) {
   JsonArraySplitter s;
   ASSERT_TRUE(s.Open(path).ok());
   std::vector<std::string> got;
-  std::string e;
-  int64_t off;
-  bool trunc;
-  while (*s.Next(&e, &off, &trunc)) got.push_back(e + (trunc ? " <truncated>" : ""));
+  JsonArraySplitter::Element e;
+  while (*s.Next(&e)) got.push_back(e.text + (e.truncated ? " <truncated>" : ""));
   EXPECT_EQ(got, (std::vector<std::string>{R"({"a": "x,}]\"y"})", "[1, [2]]", "3 ", R"("s,]")",
                                            R"({"b": { <truncated>)"}));
   std::ofstream(path) << R"({"not": "an array"})";

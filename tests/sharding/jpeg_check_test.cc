@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 
 #include "sharding/dataset_gen.h"
+#include "tests/sharding/hostile_inputs.h"
 
 namespace vlorch::sharding {
 namespace {
@@ -71,6 +72,73 @@ TEST(JpegCheckTest, SameVerdictAsAFullDecodeOnGoodAndDamagedFiles) {
   EXPECT_EQ(CheckJpeg("").reason, "zero_byte_image");
   EXPECT_EQ(CheckJpeg("GIF89a not a jpeg").reason, "undecodable_image");
   EXPECT_TRUE(CheckJpeg(EncodeTestJpeg(64, 48, 1)).ok) << "a good file after failures still passes";
+}
+
+// A few hundred bytes whose frame header declares 60000 x 60000: rejected from the header,
+// naming the size and the limit, before the decoder allocates for it (a progressive one
+// would need ~10 GiB of coefficients).
+TEST(JpegCheckTest, HeaderDeclaringHugeDimensionsIsRejectedBeforeDecoding) {
+  for (bool progressive : {false, true}) {
+    const std::string jpeg = EncodeTestJpeg(64, 48, 5, {JpegSampling::k420, progressive});
+    const std::string huge = testing::WithDeclaredSize(jpeg, 60000, 60000);
+    ASSERT_EQ(huge.size(), jpeg.size());
+    testing::ResetPeakMemory();
+    const uint64_t before = testing::CurrentMemory();
+    const JpegCheck got = CheckJpeg(huge);
+    EXPECT_LT(testing::PeakMemory(), before + (uint64_t{64} << 20)) << "nothing allocated for the declared size";
+    EXPECT_FALSE(got.ok);
+    EXPECT_EQ(got.reason, "image_too_large") << got.detail;
+    EXPECT_NE(got.detail.find("60000x60000"), std::string::npos) << got.detail;
+    EXPECT_NE(got.detail.find("16384 pixels per side"), std::string::npos) << got.detail;
+    EXPECT_NE(got.detail.find("67108864 pixels"), std::string::npos) << got.detail;
+  }
+  const std::string jpeg = EncodeTestJpeg(64, 48, 6);
+  // One side over 16384 with few pixels, and sides under 16384 with too many pixels.
+  EXPECT_EQ(CheckJpeg(testing::WithDeclaredSize(jpeg, 20000, 16)).reason, "image_too_large");
+  EXPECT_EQ(CheckJpeg(testing::WithDeclaredSize(jpeg, 9000, 9000)).reason, "image_too_large");
+  // The limits are inclusive and come from the options.
+  JpegLimits exact;
+  exact.max_side = 64;
+  exact.max_pixels = 64 * 48;
+  EXPECT_TRUE(CheckJpeg(jpeg, exact).ok);
+  exact.max_pixels = 64 * 48 - 1;
+  EXPECT_EQ(CheckJpeg(jpeg, exact).reason, "image_too_large");
+  exact.max_pixels = 64 * 48;
+  exact.max_side = 63;
+  EXPECT_EQ(CheckJpeg(jpeg, exact).reason, "image_too_large");
+  EXPECT_TRUE(CheckJpeg(jpeg).ok) << "a good file after rejections still passes";
+}
+
+// A valid progressive JPEG with 190 scans: every scan is another pass over the coefficients,
+// so the check stops at the 101st instead of decoding them all; with the limit raised the
+// same file passes (it is not damaged). Ordinary progressive files pass the default.
+TEST(JpegCheckTest, MoreScansThanTheLimitAreRejected) {
+  int scans = 0;
+  const std::string flood = testing::ProgressiveJpegWithManyScans(96, 80, &scans);
+  ASSERT_EQ(scans, 190);
+  const JpegCheck got = CheckJpeg(flood);
+  EXPECT_FALSE(got.ok);
+  EXPECT_EQ(got.reason, "too_many_scans") << got.detail;
+  EXPECT_NE(got.detail.find("more than 100 scans"), std::string::npos) << got.detail;
+  EXPECT_NE(got.detail.find("96x80"), std::string::npos) << got.detail;
+  JpegLimits raised;
+  raised.max_scans = 190;
+  const JpegCheck passes = CheckJpeg(flood, raised);
+  EXPECT_TRUE(passes.ok) << passes.detail;
+  EXPECT_EQ(passes.width, 96u);
+  raised.max_scans = 189;
+  EXPECT_EQ(CheckJpeg(flood, raised).reason, "too_many_scans");
+  EXPECT_TRUE(FullDecodeSucceeds(flood)) << "the flood is a valid JPEG";
+  for (JpegSampling s : {JpegSampling::k420, JpegSampling::k444, JpegSampling::kGray})
+    EXPECT_TRUE(CheckJpeg(EncodeTestJpeg(200, 120, 9, {s, true})).ok) << "standard progressive script";
+  EXPECT_TRUE(CheckJpeg(EncodeTestJpeg(64, 48, 1)).ok) << "a good file after a rejection still passes";
+}
+
+TEST(JpegCheckTest, LimitsAreValidated) {
+  EXPECT_TRUE(JpegLimits().Validate().ok());
+  JpegLimits bad;
+  bad.max_scans = 0;
+  EXPECT_EQ(bad.Validate().code(), StatusCode::kInvalidArgument);
 }
 
 }  // namespace
