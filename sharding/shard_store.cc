@@ -296,7 +296,7 @@ Status ShardStore::Commit(Batch& batch) {
   }
   for (const QuarantineEntry& q : batch.quarantine)
     wb.Put(r.cf[kQuarantine], QuarantineKey(q.source_file, q.ordinal), EncodeQuarantine(q));
-  wb.Put(r.cf[kMeta], SourceKey(batch.source.path), SourceToJson(batch.source).dump());
+  wb.Put(r.cf[kMeta], SourceKey(batch.source.path), SourceToJson(batch.source).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));  // paths may be Latin-1
   wb.Put(r.cf[kMeta], "next_index", IndexKey(next));
   rocksdb::WriteOptions wo;
   wo.sync = r.sync && !r.bulk_load;
@@ -368,7 +368,7 @@ Status ShardStore::WriteManifest() {
   rocksdb::WriteOptions wo;
   wo.sync = !rep_->bulk_load;
   wo.disableWAL = rep_->bulk_load;
-  return FromRocks(rep_->db->Put(wo, rep_->cf[kMeta], "manifest", j.dump()), "writing the manifest");
+  return FromRocks(rep_->db->Put(wo, rep_->cf[kMeta], "manifest", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)), "writing the manifest");
 }
 
 StatusOr<std::optional<ShardStore::Manifest>> ShardStore::ReadManifest() const {

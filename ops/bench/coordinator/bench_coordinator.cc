@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -196,6 +197,64 @@ uint64_t MessagesOk(int port) {
   return j.is_object() && j.contains("messages") ? j["messages"].value("ok", uint64_t{0}) : 0;
 }
 
+// The attacker of the sustained phase (--attack): for `seconds`, in rounds 10 ms apart, every
+// kind of bad input the trust boundary has to absorb. Counts what it sent into *sent.
+void Attack(const std::string& endpoint, int http, double seconds, uint64_t* sent) {
+  zmq::context_t ctx(1);
+  auto dealer = [&](bool curve, bool known_key) {
+    auto s = std::make_unique<zmq::socket_t>(ctx, zmq::socket_type::dealer);
+    s->set(zmq::sockopt::linger, 0);
+    s->set(zmq::sockopt::sndhwm, 1000);
+    if (curve) {
+      char pub[41], sec[41];
+      if (zmq_curve_keypair(pub, sec) != 0) std::abort();
+      s->set(zmq::sockopt::curve_serverkey, g_curve.server_public);
+      s->set(zmq::sockopt::curve_publickey, known_key ? g_curve.public_key : std::string(pub));
+      s->set(zmq::sockopt::curve_secretkey, known_key ? g_curve.secret_key : std::string(sec));
+    }
+    s->connect(endpoint);
+    return s;
+  };
+  auto plain = dealer(false, false), stranger = dealer(true, false), insider = dealer(true, true);
+  const std::string big(vlorch::kMaxMessageBytes + 1000, 'x');
+  std::mt19937 rng(7);
+  const auto start = Clock::now();
+  uint64_t n = 0;
+  for (int round = 0; Since(start) < seconds; ++round) {
+    auto send = [&](zmq::socket_t& s, const std::string& bytes) {
+      if (s.send(zmq::buffer(bytes), zmq::send_flags::dontwait)) ++n;
+    };
+    std::string noise(1 + rng() % 512, '\0');
+    for (auto& c : noise) c = static_cast<char>(rng());
+    send(*plain, noise);
+    send(*stranger, R"({"v":1,"type":"register","job":"evil","rank":0,"incarnation":0,"world":1,"host":"h","pid":1,"attach":true})");
+    send(*insider, noise);
+    // Ranks outside load-0's world, a registration claiming another world, a flood of new
+    // attached jobs (capped), an attach naming a device as its spec.
+    send(*insider, fmt::format(R"({{"v":1,"type":"heartbeat","job":"load-0","rank":{},"incarnation":0}})", 100000 + round));
+    send(*insider, R"({"v":1,"type":"register","job":"load-0","rank":0,"incarnation":0,"world":99999,"host":"h","pid":1,"attach":true})");
+    send(*insider, fmt::format(R"({{"v":1,"type":"register","job":"flood-{}","rank":0,"incarnation":0,"world":1,"host":"h","pid":1,"attach":true,"spec":"/dev/zero"}})", round));
+    if (round % 20 == 0) {
+      send(*insider, big);  // over ZMQ_MAXMSGSIZE: the coordinator drops the connection
+      insider = dealer(true, true);
+    }
+    // HTTP without the token, with a wrong one, and garbage.
+    (void)vlorch::coord::HttpCall("127.0.0.1", http, "POST", "/api/shutdown", "", "", 2);
+    (void)vlorch::coord::HttpCall("127.0.0.1", http, "GET", "/api/jobs/load-0", "", "guess", 2);
+    (void)vlorch::coord::HttpCall("127.0.0.1", http, "POST", "/api/jobs", noise, "", 2);
+    (void)vlorch::coord::HttpCall("127.0.0.1", http, "GET", "/api/jobs/..%2F..%2Fetc%2Fpasswd/logs?rank=-7", "", "", 2);
+    n += 4;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  *sent = n;
+}
+
+nlohmann::json HealthJson(int http) {
+  auto r = vlorch::coord::HttpCall("127.0.0.1", http, "GET", "/api/health", "", vlorch::coord::DiscoverToken("127.0.0.1", http));
+  if (!r.ok()) return nlohmann::json();
+  return nlohmann::json::parse(r->body, nullptr, false);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -210,6 +269,8 @@ int main(int argc, char** argv) {
   app.add_option("--seconds", seconds, "length of the sustained phase")->capture_default_str();
   app.add_option("--rate", rate, "messages per rank per second (1 heartbeat + progress)")->capture_default_str();
   app.add_option("--status-calls", status_calls, "timed `vlorch status --json` calls")->capture_default_str();
+  bool attack = true;
+  app.add_option("--attack", attack, "an attacker sends bad input throughout the sustained phase")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   RaiseFdLimit();
   const int per_job = ranks / jobs;
@@ -295,9 +356,14 @@ int main(int argc, char** argv) {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
   });
+  uint64_t attack_sent = 0;
+  std::thread attacker;
+  if (attack) attacker = std::thread([&] { Attack(endpoint, http, seconds, &attack_sent); });
   const uint64_t offered = RunLoad(endpoint, ranks, procs, per_job, seconds, rate);
   const double wall = Since(t0);
   status.join();
+  if (attacker.joinable()) attacker.join();
+  const nlohmann::json attacked = HealthJson(http);
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
   const uint64_t handled = MessagesOk(http) - before;
   const ProcStat s1 = Stat(proc->pid);
@@ -361,6 +427,17 @@ int main(int argc, char** argv) {
               per_job, pct_of(api_latencies, 0.5), pct_of(api_latencies, 0.99), pct_of(api_idle, 0.5));
   std::printf("vlorch CLI with no load (process start-up + request): p50 %.1f ms, p99 %.1f ms\n", pct_of(idle, 0.5),
               pct_of(idle, 0.99));
+  if (attack) {
+    const bool alive = attacked.is_object() && attacked.value("ok", false);
+    const auto& msgs = alive ? attacked["messages"] : nlohmann::json::object();
+    std::printf("under attack (%llu bad messages and requests): coordinator %s; refused %llu, malformed %llu, "
+                "unauthenticated peers %llu, unauthorized HTTP %llu, RSS after %.1f MiB\n",
+                static_cast<unsigned long long>(attack_sent), alive ? "alive" : "DOWN",
+                static_cast<unsigned long long>(msgs.value("refused", uint64_t{0})),
+                static_cast<unsigned long long>(msgs.value("malformed", uint64_t{0})),
+                static_cast<unsigned long long>(alive ? attacked.value("peers_unauthenticated", uint64_t{0}) : 0),
+                static_cast<unsigned long long>(alive ? attacked.value("http_unauthorized", uint64_t{0}) : 0), s1.rss_mib);
+  }
   std::printf("vlorch status --json under load: %zu calls, p50 %.1f ms, p99 %.1f ms (target p99 <= 50 ms)\n",
               latencies.size(), pct(0.5), pct(0.99));
   std::printf("ratio sustained coordinator msgs/s / 10000 = %.2f (target 1.0)\n", sustained / 10000.0);
