@@ -1,10 +1,13 @@
 #include "jobs/job_state.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
+#include <cstdint>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -16,13 +19,74 @@ namespace vlorch {
 namespace fs = std::filesystem;
 namespace {
 
+// A small file of the run directory, read as untrusted: a regular file (a FIFO put in its
+// place must not hang the reader: O_NONBLOCK) of at most `max_bytes`. NotFound when absent.
+StatusOr<std::string> ReadSmallFile(const std::string& path, size_t max_bytes) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) {
+    if (errno == ENOENT) return NotFoundError(fmt::format("{} is missing", path));
+    return ErrnoError("open", path, errno);
+  }
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_size) > max_bytes) {
+    ::close(fd);
+    return CorruptionError(fmt::format("{} is not a regular file of at most {} bytes", path, max_bytes));
+  }
+  std::string out(static_cast<size_t>(st.st_size), '\0');
+  size_t got = 0;
+  while (got < out.size()) {
+    const ssize_t n = ::read(fd, out.data() + got, out.size() - got);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+    if (n < 0) {
+      const int err = errno;
+      ::close(fd);
+      return ErrnoError("read", path, err);
+    }
+    if (n == 0) break;
+    got += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  out.resize(got);
+  return out;
+}
+
+constexpr size_t kMaxManifestBytes = 4 << 20;  // as worker/checkpoint/manifest.h
+constexpr size_t kMaxStateBytes = 1 << 20;
+
 StatusOr<uint32_t> ManifestCrc(const std::string& checkpoint) {
   const std::string path = (fs::path(checkpoint) / "manifest.json").string();
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return NotFoundError(fmt::format("{} is missing: {} is not a committed checkpoint", path, checkpoint));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return Crc32c(ss.str());
+  auto text = ReadSmallFile(path, kMaxManifestBytes);
+  if (!text.ok() && text.status().code() == StatusCode::kNotFound)
+    return NotFoundError(fmt::format("{} is missing: {} is not a committed checkpoint", path, checkpoint));
+  if (!text.ok()) return text.status();
+  return Crc32c(*text);
+}
+
+// The step a `latest` file names ("step-00000040\n" -> 40); -1 when it is missing or damaged
+// (it is only a hint: the checkpoints themselves rule).
+int64_t LatestStep(const std::string& path) {
+  auto text = ReadSmallFile(path, 64);
+  if (!text.ok()) return -1;
+  std::string t = *text;
+  if (!t.empty() && t.back() == '\n') t.pop_back();
+  if (t.rfind("step-", 0) != 0 || t.size() < 5 + 8 || t.size() > 5 + 18) return -1;
+  int64_t step = 0;
+  for (size_t i = 5; i < t.size(); ++i) {
+    if (t[i] < '0' || t[i] > '9') return -1;
+    step = step * 10 + (t[i] - '0');
+  }
+  return step;
+}
+
+// The last three components of a committed checkpoint of `stage`:
+// "<stage>/checkpoints/step-NNNNNNNN".
+bool IsStageCheckpointPath(const std::string& path, const std::string& stage) {
+  const fs::path p(path);
+  const std::string name = p.filename().string();
+  if (name.rfind("step-", 0) != 0 || name.size() < 13) return false;
+  for (size_t i = 5; i < name.size(); ++i)
+    if (name[i] < '0' || name[i] > '9') return false;
+  return p.parent_path().filename() == "checkpoints" && p.parent_path().parent_path().filename() == stage;
 }
 
 std::string StateFile(const std::string& run_dir, const std::string& stage) {
@@ -37,23 +101,45 @@ std::string StageDir(const std::string& run_dir, const std::string& stage) {
 
 StatusOr<std::optional<StageSeal>> ReadStageSeal(const std::string& run_dir, const std::string& stage) {
   const std::string path = StateFile(run_dir, stage);
-  std::ifstream in(path);
-  if (!in) return std::optional<StageSeal>();
-  nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
-  const bool valid = !j.is_discarded() && j.is_object() && j.value("status", "") == "sealed" &&
-                     j.contains("checkpoint") && j["checkpoint"].is_string() && j.contains("manifest_crc32c") &&
-                     j["manifest_crc32c"].is_number_unsigned();
-  if (!valid)
-    return CorruptionError(fmt::format("{} is not a stage seal (expected status \"sealed\", checkpoint and "
-                                       "manifest_crc32c); delete it to run stage '{}' again from its checkpoints",
-                                       path, stage));
+  auto text = ReadSmallFile(path, kMaxStateBytes);
+  if (!text.ok() && text.status().code() == StatusCode::kNotFound) return std::optional<StageSeal>();
+  auto bad = [&](const std::string& what) {
+    return CorruptionError(fmt::format("{} is not a stage seal ({}); delete it to run stage '{}' again from its "
+                                       "checkpoints",
+                                       path, what, stage));
+  };
+  if (!text.ok()) return bad(text.status().message());
+  // Every field's type is checked before it is read: get<T>() and value() throw on a wrong one.
+  const nlohmann::json j = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) return bad("not a JSON object: truncated, damaged, or not UTF-8");
+  auto it = j.find("status");
+  if (it == j.end() || !it->is_string() || *it != "sealed") return bad("field \"status\" is not \"sealed\"");
   StageSeal s;
   s.stage = stage;
-  s.kind = j.value("kind", "train");
-  s.checkpoint = j["checkpoint"].get<std::string>();
-  s.manifest_crc32c = j["manifest_crc32c"].get<uint32_t>();
-  s.steps = j.value("steps", int64_t{0});
-  s.loss = j.contains("loss") && j["loss"].is_number() ? j["loss"].get<double>() : 0.0;  // null: a NaN loss
+  it = j.find("checkpoint");
+  if (it == j.end() || !it->is_string()) return bad("field \"checkpoint\" is missing or not a string");
+  s.checkpoint = it->get<std::string>();
+  if (!IsStageCheckpointPath(s.checkpoint, stage))
+    return bad(fmt::format("field \"checkpoint\" does not name a checkpoint of the stage, .../{}/checkpoints/step-N",
+                           stage));
+  it = j.find("manifest_crc32c");
+  if (it == j.end() || !it->is_number_unsigned() || it->get<uint64_t>() > UINT32_MAX)
+    return bad("field \"manifest_crc32c\" is missing or not a 32-bit unsigned integer");
+  s.manifest_crc32c = static_cast<uint32_t>(it->get<uint64_t>());
+  if (it = j.find("kind"); it != j.end()) {
+    if (!it->is_string() || it->get_ref<const std::string&>().size() > 64) return bad("field \"kind\" is not a name");
+    s.kind = it->get<std::string>();
+  }
+  if (it = j.find("steps"); it != j.end()) {
+    if (!it->is_number_integer() || (!it->is_number_unsigned() && it->get<int64_t>() < 0) ||
+        (it->is_number_unsigned() && it->get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)))
+      return bad("field \"steps\" is not a step count");
+    s.steps = it->get<int64_t>();
+  }
+  if (it = j.find("loss"); it != j.end()) {
+    if (!it->is_number() && !it->is_null()) return bad("field \"loss\" is not a number");
+    s.loss = it->is_number() ? it->get<double>() : 0.0;  // null: a NaN loss
+  }
   return std::optional<StageSeal>(s);
 }
 
@@ -63,13 +149,19 @@ Status WritePreemptionRecord(const std::string& run_dir, const std::string& stag
 }
 
 std::optional<PreemptionRecord> ReadPreemptionRecord(const std::string& run_dir, const std::string& stage) {
-  std::ifstream in(fs::path(StageDir(run_dir, stage)) / "preempted.json");
-  if (!in) return std::nullopt;
-  nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
-  if (j.is_discarded() || !j.is_object() || !j.contains("incarnation") || !j["incarnation"].is_number_integer() ||
-      !j.contains("step") || !j["step"].is_number_integer() || !j.contains("checkpoint") || !j["checkpoint"].is_string())
-    return std::nullopt;
-  return PreemptionRecord{j["incarnation"].get<int64_t>(), j["step"].get<int64_t>(), j["checkpoint"].get<std::string>()};
+  auto text = ReadSmallFile((fs::path(StageDir(run_dir, stage)) / "preempted.json").string(), kMaxStateBytes);
+  if (!text.ok()) return std::nullopt;
+  const nlohmann::json j = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+  auto count = [&](const char* key) {  // a non-negative int64, or -1
+    auto it = j.find(key);
+    if (it == j.end() || !it->is_number_integer()) return int64_t{-1};
+    if (it->is_number_unsigned()) return it->get<uint64_t>() > static_cast<uint64_t>(INT64_MAX) ? -1 : it->get<int64_t>();
+    return std::max<int64_t>(it->get<int64_t>(), -1);
+  };
+  if (j.is_discarded() || !j.is_object() || !j.contains("checkpoint") || !j["checkpoint"].is_string()) return std::nullopt;
+  const int64_t incarnation = count("incarnation"), step = count("step");
+  if (incarnation < 0 || step < 0) return std::nullopt;
+  return PreemptionRecord{incarnation, step, j["checkpoint"].get<std::string>()};
 }
 
 Status SealStage(const std::string& run_dir, StageSeal seal) {
@@ -124,12 +216,9 @@ StatusOr<std::vector<StageProgress>> ReadJobProgress(const JobSpec& job, const s
     if (p.seal) {
       p.status = StageStatus::kSealed;
     } else {
-      std::ifstream latest(fs::path(StageDir(run_dir, st.name)) / "checkpoints" / "latest");
-      std::string name;
-      if (latest >> name && name.rfind("step-", 0) == 0) {
-        p.status = StageStatus::kInProgress;
-        p.latest_step = std::strtoll(name.c_str() + 5, nullptr, 10);
-      } else if (fs::exists(StageDir(run_dir, st.name))) {
+      p.latest_step = LatestStep((fs::path(StageDir(run_dir, st.name)) / "checkpoints" / "latest").string());
+      std::error_code ec;
+      if (p.latest_step >= 0 || fs::exists(StageDir(run_dir, st.name), ec)) {
         p.status = StageStatus::kInProgress;
       }
     }

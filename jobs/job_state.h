@@ -33,7 +33,9 @@ struct StageSeal {
 std::string StageDir(const std::string& run_dir, const std::string& stage);
 
 // The stage's seal; nullopt when the stage is not sealed. Corruption when state.json exists
-// but is not a seal (it names the file and says to delete it to re-run the stage).
+// but is not a seal (it names the file and the field and says to delete it to re-run the
+// stage): not JSON, a field missing or of the wrong type, a CRC past 32 bits, a checkpoint
+// path that is not `.../<stage>/checkpoints/step-N`. Never throws.
 StatusOr<std::optional<StageSeal>> ReadStageSeal(const std::string& run_dir, const std::string& stage);
 
 // Seals a stage: computes the manifest checksum of seal.checkpoint, makes the checkpoint's
@@ -64,7 +66,7 @@ const char* StageStatusName(StageStatus status);  // "pending", "in-progress", "
 struct StageProgress {
   std::string stage;
   StageStatus status = StageStatus::kPending;
-  int64_t latest_step = -1;  // newest committed checkpoint of an unsealed stage; -1 none
+  int64_t latest_step = -1;  // what checkpoints/latest names (a hint); -1 none or damaged
   std::optional<StageSeal> seal;
 };
 

@@ -11,8 +11,9 @@
 //                                                     held-out loss of each of its checkpoints
 //
 // Exit codes (docs/cli.md): 0 success (or preempted by SIGTERM after committing a checkpoint;
-// --preempted-exit-code changes that), 2 bad input (flags, spec, layout, weights), 3 a failure
-// worth restarting (communication, timeout, lost peer, I/O).
+// --preempted-exit-code changes that), 2 bad input (flags, spec, layout, weights, a run
+// directory another writer holds), 3 a failure worth restarting (communication, timeout, lost
+// peer, I/O).
 #include <cstdio>
 #include <filesystem>
 #include <memory>
@@ -127,6 +128,15 @@ int RunTraining(const std::string& job_path, const std::string& stage, vlorch::t
     options.on_checkpoint = [ag](const std::string& st, int64_t step, const std::string& dir) {
       ag->CheckpointCommitted(st, step, dir);
     };
+  }
+  // Rank 0 writes the run directory; it holds the directory's lock from here to exit (each
+  // stage takes it again), so a second writer on the same directory stops with exit code 2.
+  auto run_dir_lock = vlorch::train::LockRunDir(options.run_dir.empty() ? job->run_dir : options.run_dir,
+                                                fmt::format("vlorch-worker, job '{}'", job->name), **mesh);
+  if (!run_dir_lock.ok()) {
+    VLOG_ERROR("{}", run_dir_lock.status().ToString());
+    if (agent) agent->Error(stages.front(), run_dir_lock.status().ToString());
+    return ExitCodeFor(run_dir_lock.status());
   }
   for (const auto& name : stages) {
     auto r = vlorch::train::RunStage(*job, name, **mesh, options);

@@ -5,54 +5,26 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 #include <chrono>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 
 #include "common/durable_file.h"
 #include "common/fault.h"
 #include "common/hash.h"
 #include "common/logging.h"
 #include "common/safetensors.h"
+#include "worker/checkpoint/trainer_state.h"
 #include "worker/models/weights.h"
 
 namespace vlorch::checkpoint {
 namespace fs = std::filesystem;
 namespace {
 
-constexpr const char* kManifest = "manifest.json";
-
-std::string StepName(int64_t step) { return fmt::format("step-{:08d}", step); }
-
 double Since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-// Size and CRC32C of a file as it is on disk, read in 4 MiB blocks (verifying a checkpoint).
-StatusOr<ManifestFile> Describe(const std::string& path, const std::string& name) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return ErrnoError("open", path, errno);
-  ManifestFile f;
-  f.name = name;
-  std::vector<char> buf(4 << 20);
-  for (;;) {
-    ssize_t n = ::read(fd, buf.data(), buf.size());
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      int err = errno;
-      ::close(fd);
-      return ErrnoError("read", path, err);
-    }
-    if (n == 0) break;
-    f.crc32c = Crc32c(buf.data(), static_cast<size_t>(n), f.crc32c);
-    f.bytes += static_cast<uint64_t>(n);
-  }
-  ::close(fd);
-  return f;
 }
 
 StatusOr<std::vector<safetensors::TensorToWrite>> ToWrite(const NamedTensors& tensors) {
@@ -69,46 +41,6 @@ StatusOr<std::vector<safetensors::TensorToWrite>> ToWrite(const NamedTensors& te
   return out;
 }
 
-std::string ManifestJson(const CheckpointManifest& m) {
-  nlohmann::json j;
-  j["format"] = "vlorch-checkpoint";
-  j["version"] = CheckpointManifest::kVersion;
-  j["stage"] = m.stage;
-  j["step"] = m.step;
-  j["files"] = nlohmann::json::array();
-  for (const auto& f : m.files)
-    j["files"].push_back({{"name", f.name}, {"bytes", f.bytes}, {"crc32c", fmt::format("{:08x}", f.crc32c)}});
-  return j.dump(2) + "\n";
-}
-
-StatusOr<CheckpointManifest> ParseManifest(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return NotFoundError(fmt::format("{} is missing (the save did not finish)", path));
-  nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-  auto bad = [&](const std::string& what) { return CorruptionError(fmt::format("{}: {}", path, what)); };
-  if (j.is_discarded() || !j.is_object()) return bad("not a JSON object");
-  if (j.value("format", "") != "vlorch-checkpoint") return bad("\"format\" is not \"vlorch-checkpoint\"");
-  if (!j.contains("version") || !j["version"].is_number_integer() || j["version"].get<int>() != CheckpointManifest::kVersion)
-    return bad(fmt::format("unsupported \"version\" (this vlorch reads version {})", CheckpointManifest::kVersion));
-  if (!j.contains("step") || !j["step"].is_number_integer() || !j.contains("files") || !j["files"].is_array())
-    return bad("\"step\" or \"files\" missing or of the wrong type");
-  CheckpointManifest m;
-  m.stage = j.value("stage", "");
-  m.step = j["step"].get<int64_t>();
-  for (const auto& f : j["files"]) {
-    if (!f.is_object() || !f.contains("name") || !f["name"].is_string() || !f.contains("bytes") ||
-        !f["bytes"].is_number_unsigned() || !f.contains("crc32c") || !f["crc32c"].is_string())
-      return bad("an entry of \"files\" lacks name/bytes/crc32c");
-    ManifestFile mf;
-    mf.name = f["name"].get<std::string>();
-    if (mf.name.find('/') != std::string::npos) return bad(fmt::format("file name '{}' is not a plain name", mf.name));
-    mf.bytes = f["bytes"].get<uint64_t>();
-    mf.crc32c = static_cast<uint32_t>(std::stoul(f["crc32c"].get<std::string>(), nullptr, 16));
-    m.files.push_back(mf);
-  }
-  return m;
-}
-
 }  // namespace
 
 StatusOr<std::unique_ptr<CheckpointManager>> CheckpointManager::Open(const std::string& dir,
@@ -117,11 +49,30 @@ StatusOr<std::unique_ptr<CheckpointManager>> CheckpointManager::Open(const std::
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) return IOError(fmt::format("cannot create checkpoint directory {}: {}", dir, ec.message()));
-  for (const auto& e : fs::directory_iterator(dir, ec)) {
-    const std::string n = e.path().filename().string();
-    if (n.rfind(".tmp-", 0) == 0) {
-      VLOG_WARNING("removing {}: an unfinished checkpoint save", e.path().string());
-      fs::remove_all(e.path(), ec);
+  std::vector<std::string> names;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec))
+    names.push_back(it->path().filename().string());
+  if (ec) return IOError(fmt::format("cannot list checkpoint directory {}: {}", dir, ec.message()));
+  for (const std::string& n : names) {
+    const fs::path p = fs::path(dir) / n;
+    if (n.rfind(kTmpPrefix, 0) == 0) {
+      VLOG_WARNING("removing {}: an unfinished checkpoint save", p.string());
+      fs::remove_all(p, ec);
+      if (ec) return IOError(fmt::format("cannot remove {}: {}", p.string(), ec.message()));
+    } else if (n.rfind(kReplacedPrefix, 0) == 0) {
+      // A re-save stopped between its two renames (protocol steps 3 and 4), or after 4.
+      const std::string committed = n.substr(std::strlen(kReplacedPrefix));
+      if (!ParseStepDirName(committed)) continue;  // not ours
+      const fs::path target = fs::path(dir) / committed;
+      if (fs::exists(target, ec)) {
+        fs::remove_all(p, ec);
+        if (ec) return IOError(fmt::format("cannot remove {}: {}", p.string(), ec.message()));
+      } else {
+        VLOG_WARNING("restoring {} from {}: a re-save of that step was interrupted", target.string(), p.string());
+        fs::rename(p, target, ec);
+        if (ec) return IOError(fmt::format("cannot rename {} back to {}: {}", p.string(), target.string(), ec.message()));
+        if (options.fsync) RETURN_IF_ERROR(FsyncPath(dir, true));
+      }
     }
   }
   return std::unique_ptr<CheckpointManager>(new CheckpointManager(dir, options));
@@ -210,15 +161,16 @@ Status CheckpointManager::Save(int64_t step, const CheckpointPayload& payload) {
 
 Status CheckpointManager::Write(int64_t step, const CheckpointPayload& snap, SaveStats* stats) {
   const auto t0 = std::chrono::steady_clock::now();
-  const std::string name = StepName(step);
-  const std::string tmp = (fs::path(dir_) / (".tmp-" + name)).string();
+  const std::string name = StepDirName(step);
+  const std::string tmp = (fs::path(dir_) / (kTmpPrefix + name)).string();
   const std::string final_dir = (fs::path(dir_) / name).string();
+  const std::string replaced = (fs::path(dir_) / (kReplacedPrefix + name)).string();
   std::error_code ec;
-  fs::remove_all(tmp, ec);
-  if (fs::exists(final_dir, ec)) fs::remove_all(final_dir, ec);  // re-saving a step after a restart
+  fs::remove_all(tmp, ec);  // a failed earlier Write of this step; a committed step-N is left alone
   fs::create_directories(tmp, ec);
   if (ec) return IOError(fmt::format("cannot create {}: {}", tmp, ec.message()));
 
+  // 1. The files.
   safetensors::WriteOptions wo;
   wo.fsync = options_.fsync;
   CheckpointManifest manifest;
@@ -233,77 +185,63 @@ Status CheckpointManager::Write(int64_t step, const CheckpointPayload& snap, Sav
     manifest.files.push_back(ManifestFile{file, written.bytes, written.crc32c});
     return Status::OK();
   };
+  const std::vector<FaultKey> point = {{"rank", options_.rank}, {"stage", options_.stage.c_str()}, {"step", step}};
+  auto kill_point = [&](const char* during) {
+    std::vector<FaultKey> p = point;
+    p.emplace_back("during", during);
+    MaybeKill(p);
+  };
   RETURN_IF_ERROR(write_tensors("model.safetensors", snap.model, {{"format", "pt"}}));
-  MaybeKill({{"rank", options_.rank}, {"step", step}, {"during", "checkpoint-write"}});
+  kill_point("checkpoint-write");
   RETURN_IF_ERROR(write_tensors("optimizer.safetensors", snap.optimizer, snap.optimizer_metadata));
   {
-    const std::string path = (fs::path(tmp) / "trainer_state.json").string();
+    const std::string path = (fs::path(tmp) / kTrainerStateFile).string();
     RETURN_IF_ERROR(WriteFileDurably(path, snap.trainer_state_json, options_.fsync));
     manifest.files.push_back(
-        ManifestFile{"trainer_state.json", snap.trainer_state_json.size(), Crc32c(snap.trainer_state_json)});
+        ManifestFile{kTrainerStateFile, snap.trainer_state_json.size(), Crc32c(snap.trainer_state_json)});
   }
-  RETURN_IF_ERROR(WriteFileDurably((fs::path(tmp) / kManifest).string(), ManifestJson(manifest), options_.fsync));
+  // 2. The manifest, last.
+  RETURN_IF_ERROR(WriteFileDurably((fs::path(tmp) / kManifestFile).string(), ManifestJson(manifest), options_.fsync));
   if (options_.fsync) RETURN_IF_ERROR(FsyncPath(tmp, true));
+
+  // 3. A committed checkpoint of this step (a re-save after a restart) steps aside, whole,
+  // until its replacement is in place.
+  bool moved_aside = false;
+  if (fs::exists(final_dir, ec)) {
+    fs::remove_all(replaced, ec);
+    fs::rename(final_dir, replaced, ec);
+    if (ec) return IOError(fmt::format("cannot rename {} to {}: {}", final_dir, replaced, ec.message()));
+    moved_aside = true;
+    kill_point("checkpoint-replace");
+  }
+  // 4. Commit.
   fs::rename(tmp, final_dir, ec);
-  if (ec) return IOError(fmt::format("cannot rename {} to {}: {}", tmp, final_dir, ec.message()));
+  if (ec) {
+    const std::string why = ec.message();
+    if (moved_aside) fs::rename(replaced, final_dir, ec);  // put the committed one back
+    return IOError(fmt::format("cannot rename {} to {}: {}", tmp, final_dir, why));
+  }
   if (options_.fsync) RETURN_IF_ERROR(FsyncPath(dir_, true));
-  RETURN_IF_ERROR(WriteFileAtomically((fs::path(dir_) / "latest").string(), name + "\n", options_.fsync));
+  // 5. `latest`.
+  RETURN_IF_ERROR(WriteFileAtomically((fs::path(dir_) / kLatestFile).string(), name + "\n", options_.fsync));
   if (options_.on_commit) options_.on_commit(step, final_dir);
   for (const auto& f : manifest.files) stats->bytes += f.bytes;
 
-  // Retention: the newest `keep` committed checkpoints stay.
-  std::vector<std::string> committed;
-  for (const auto& e : fs::directory_iterator(dir_, ec)) {
-    const std::string n = e.path().filename().string();
-    if (n.rfind("step-", 0) == 0 && e.is_directory()) committed.push_back(n);
+  // 6. The replaced copy, and retention: the newest `keep` committed checkpoints stay.
+  if (moved_aside) fs::remove_all(replaced, ec);
+  std::vector<std::pair<int64_t, std::string>> committed;
+  for (fs::directory_iterator it(dir_, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string n = it->path().filename().string();
+    std::error_code type_ec;
+    if (std::optional<int64_t> s = ParseStepDirName(n); s && it->is_directory(type_ec)) committed.emplace_back(*s, n);
   }
   std::sort(committed.begin(), committed.end());
   for (size_t i = 0; i + options_.keep < committed.size(); ++i) {
-    if (committed[i] == name) continue;
-    fs::remove_all(fs::path(dir_) / committed[i], ec);
+    if (committed[i].second == name) continue;
+    fs::remove_all(fs::path(dir_) / committed[i].second, ec);
   }
   stats->write_seconds = Since(t0);
   return Status::OK();
-}
-
-StatusOr<CheckpointManifest> VerifyCheckpoint(const std::string& path) {
-  ASSIGN_OR_RETURN(CheckpointManifest m, ParseManifest((fs::path(path) / kManifest).string()));
-  for (const char* required : {"model.safetensors", "optimizer.safetensors", "trainer_state.json"}) {
-    bool listed = false;
-    for (const auto& f : m.files) listed |= f.name == required;
-    if (!listed) return CorruptionError(fmt::format("{}: the manifest does not list {}", path, required));
-  }
-  for (const auto& f : m.files) {
-    const std::string file = (fs::path(path) / f.name).string();
-    std::error_code ec;
-    const uint64_t size = fs::file_size(file, ec);
-    if (ec) return CorruptionError(fmt::format("{} is missing", file));
-    if (size != f.bytes)
-      return CorruptionError(fmt::format("{} has {} bytes but the manifest says {} (truncated?)", file, size, f.bytes));
-    ASSIGN_OR_RETURN(ManifestFile actual, Describe(file, f.name));
-    if (actual.crc32c != f.crc32c)
-      return CorruptionError(fmt::format("{} has CRC32C {:08x} but the manifest says {:08x} (damaged on disk)", file,
-                                         actual.crc32c, f.crc32c));
-  }
-  return m;
-}
-
-StatusOr<std::optional<FoundCheckpoint>> FindLatest(const std::string& dir, std::vector<std::string>* skipped) {
-  std::error_code ec;
-  if (!fs::is_directory(dir, ec)) return std::optional<FoundCheckpoint>();
-  std::vector<std::string> committed;
-  for (const auto& e : fs::directory_iterator(dir, ec)) {
-    const std::string n = e.path().filename().string();
-    if (n.rfind("step-", 0) == 0 && e.is_directory()) committed.push_back(n);
-  }
-  std::sort(committed.rbegin(), committed.rend());
-  for (const std::string& n : committed) {
-    const std::string path = (fs::path(dir) / n).string();
-    auto m = VerifyCheckpoint(path);
-    if (m.ok()) return std::optional<FoundCheckpoint>(FoundCheckpoint{path, std::move(m).value()});
-    if (skipped) skipped->push_back(fmt::format("{}: {}", n, m.status().message()));
-  }
-  return std::optional<FoundCheckpoint>();
 }
 
 StatusOr<NamedTensors> ReadTensors(const std::string& file, std::map<std::string, std::string>* metadata) {

@@ -9,15 +9,25 @@
 // Commit protocol (LevelDB's SetCurrentFile, per directory):
 //   1. write every file into `<dir>/.tmp-step-NNNNNNNN/`, fsync each
 //   2. write manifest.json there, fsync it, fsync the directory
-//   3. rename the directory to `step-NNNNNNNN`, fsync `<dir>`
-//   4. write `latest.tmp` naming it, fsync, rename to `latest`, fsync `<dir>`
-//   5. delete committed checkpoints beyond the newest `keep`
-// A crash before 3 leaves a .tmp directory that the next CheckpointManager removes; a crash
-// after 3 leaves a complete checkpoint that FindLatest verifies and uses even if `latest` still
-// names the previous one.
+//   3. only when step-NNNNNNNN already exists (a re-save of a committed step): rename it to
+//      `.replaced-step-NNNNNNNN`
+//   4. rename the temporary directory to `step-NNNNNNNN`, fsync `<dir>`
+//   5. write `latest.tmp` naming it, fsync, rename to `latest`, fsync `<dir>`
+//   6. delete `.replaced-step-NNNNNNNN`, and committed checkpoints beyond the newest `keep`
+// A crash before 3 leaves a .tmp directory that the next CheckpointManager removes, and the
+// committed checkpoints as they were. A crash between 3 and 4 leaves step N only as
+// .replaced-step-N: the next Open renames it back before anything reads the directory. A
+// crash after 4 leaves a complete checkpoint that FindLatest verifies and uses even if
+// `latest` still names the previous one. So the committed step-N of a re-save stays whole
+// until its replacement is complete, and at every instant step N or the previous commit is
+// there to resume from (VLORCH_FAULT points: during=checkpoint-write after model.safetensors,
+// during=checkpoint-replace between 3 and 4).
+//
+// One writer per directory: the caller holds the run directory's RunDirLock
+// (worker/checkpoint/run_dir_lock.h), so no other process's Open removes this one's saves.
 //
 // Asynchronous saves: Save() copies the tensors to host memory (the only cost the training
-// step pays) and a background thread does steps 1-5. A second Save() first waits for the
+// step pays) and a background thread does steps 1-6. A second Save() first waits for the
 // previous one and reuses its host buffers. The bytes are those a synchronous save writes.
 //
 // Thread safety: one thread calls Save/Wait; the writer thread is internal.
@@ -37,6 +47,7 @@
 #include <torch/torch.h>
 
 #include "common/status.h"
+#include "worker/checkpoint/manifest.h"
 
 namespace vlorch::checkpoint {
 
@@ -56,26 +67,13 @@ struct CheckpointOptions {
   bool async = true;
   // fsync files and directories (off only in benchmarks measuring the page cache). Default true.
   bool fsync = true;
-  // Reported to VLORCH_FAULT kill points ("rank" key). Default 0.
+  // Reported to VLORCH_FAULT kill points ("rank" key; `stage` is reported as "stage"). Default 0.
   int rank = 0;
   // Stage name written into the manifest.
   std::string stage;
   // Called after each commit (from the writer thread when async): step, checkpoint
   // directory. Default none.
   std::function<void(int64_t, const std::string&)> on_commit;
-};
-
-struct ManifestFile {
-  std::string name;
-  uint64_t bytes = 0;
-  uint32_t crc32c = 0;
-};
-
-struct CheckpointManifest {
-  static constexpr int kVersion = 1;
-  std::string stage;
-  int64_t step = 0;
-  std::vector<ManifestFile> files;
 };
 
 struct SaveStats {
@@ -86,7 +84,8 @@ struct SaveStats {
 
 class CheckpointManager {
  public:
-  // `dir` is created if needed; stale .tmp-* directories in it are removed.
+  // `dir` is created if needed. What a crashed save left is cleaned up: .tmp-* directories
+  // are removed, and a .replaced-step-N whose step-N is missing is renamed back.
   static StatusOr<std::unique_ptr<CheckpointManager>> Open(const std::string& dir, const CheckpointOptions& options);
   ~CheckpointManager();  // waits for a save in flight
 
@@ -111,19 +110,6 @@ class CheckpointManager {
   SaveStats stats_;
   std::shared_ptr<CheckpointPayload> spare_;  // the last snapshot, reused by the next Save
 };
-
-struct FoundCheckpoint {
-  std::string path;
-  CheckpointManifest manifest;
-};
-
-// The newest committed checkpoint in `dir` whose manifest and files verify, or nullopt when
-// there is none. Each damaged or partial one passed over is described in *skipped ("step-
-// 00000040: model.safetensors has CRC32C 0x... but the manifest says 0x...").
-StatusOr<std::optional<FoundCheckpoint>> FindLatest(const std::string& dir, std::vector<std::string>* skipped);
-
-// Verifies one checkpoint directory against its manifest.
-StatusOr<CheckpointManifest> VerifyCheckpoint(const std::string& path);
 
 // Reads a safetensors file of the checkpoint into host tensors (name order).
 StatusOr<NamedTensors> ReadTensors(const std::string& file, std::map<std::string, std::string>* metadata);

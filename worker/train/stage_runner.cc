@@ -8,6 +8,7 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include <fmt/format.h>
@@ -20,6 +21,8 @@
 #include "jobs/job_state.h"
 #include "sharding/shard_store.h"
 #include "worker/checkpoint/checkpoint.h"
+#include "worker/checkpoint/run_dir_lock.h"
+#include "worker/checkpoint/trainer_state.h"
 #include "worker/models/vl_model.h"
 #include "worker/models/weights.h"
 #include "worker/train/grad_reducer.h"
@@ -39,36 +42,50 @@ double Since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-std::string Hex(const uint8_t* p, size_t n) {
-  static const char* d = "0123456789abcdef";
-  std::string s(2 * n, '0');
-  for (size_t i = 0; i < n; ++i) s[2 * i] = d[p[i] >> 4], s[2 * i + 1] = d[p[i] & 15];
-  return s;
-}
-
-StatusOr<std::vector<uint8_t>> Unhex(const std::string& s) {
-  if (s.size() % 2) return CorruptionError("odd-length hex string");
-  std::vector<uint8_t> out(s.size() / 2);
-  for (size_t i = 0; i < out.size(); ++i) {
-    auto v = [](char c) { return c >= 'a' ? c - 'a' + 10 : c - '0'; };
-    out[i] = static_cast<uint8_t>(v(s[2 * i]) * 16 + v(s[2 * i + 1]));
-  }
-  return out;
+// Bytes of this build's CPU generator state: a saved state of another size is damaged.
+size_t CpuRngStateBytes() {
+  at::Generator gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  return static_cast<size_t>(gen.get_state().numel());
 }
 
 }  // namespace
 
-StatusOr<int64_t> AgreedLatestCheckpoint(const std::string& dir, comm::DeviceMesh& mesh) {
+StatusOr<int64_t> AgreedLatestCheckpoint(const std::string& dir, comm::DeviceMesh& mesh,
+                                         const checkpoint::ContentCheck& check) {
   int64_t step = -1;
   if (mesh.rank() == 0) {
     std::vector<std::string> skipped;
-    ASSIGN_OR_RETURN(auto found, checkpoint::FindLatest(dir, &skipped));
+    ASSIGN_OR_RETURN(auto found, checkpoint::FindLatest(dir, &skipped, check));
     for (const auto& s : skipped) VLOG_WARNING("skipping damaged checkpoint {}", s);
     if (found) step = found->manifest.step;
   }
   torch::Tensor t = torch::tensor({step}, torch::kInt64);
   RETURN_IF_ERROR(mesh.world().Broadcast(t, 0));
   return t.item<int64_t>();
+}
+
+StatusOr<std::optional<checkpoint::RunDirLock>> LockRunDir(const std::string& run_dir, const std::string& what,
+                                                           comm::DeviceMesh& mesh) {
+  std::optional<checkpoint::RunDirLock> lock;
+  Status failed;
+  if (mesh.rank() == 0) {
+    auto l = checkpoint::RunDirLock::Acquire(run_dir, what);
+    if (l.ok()) {
+      lock.emplace(std::move(l).value());
+    } else {
+      failed = l.status();
+    }
+  }
+  // Every rank learns the outcome now, rather than waiting for rank 0 in its first collective
+  // until the collective timeout.
+  torch::Tensor t = torch::tensor({static_cast<int64_t>(failed.ok() ? 0 : 1)}, torch::kInt64);
+  RETURN_IF_ERROR(mesh.world().Broadcast(t, 0));
+  if (!failed.ok()) return failed;
+  if (t.item<int64_t>() != 0)
+    return FailedPreconditionError(fmt::format(
+        "rank 0 could not take the lock of run directory {}; its message names the writer that holds it", run_dir));
+  return lock;
 }
 
 StatusOr<std::string> SealedCheckpoint(const std::string& run_dir, const std::string& stage,
@@ -198,31 +215,32 @@ StatusOr<int64_t> StageRun::TotalSteps() {
 
 Status StageRun::Resume() {
   const std::string ck_dir = (fs::path(stage_dir_) / "checkpoints").string();
-  ASSIGN_OR_RETURN(const int64_t found_step, AgreedLatestCheckpoint(ck_dir, mesh_));
+  // A checkpoint whose trainer state does not parse is passed over like a damaged one.
+  const size_t rng_bytes = CpuRngStateBytes();
+  auto check = [rng_bytes](const std::string& path, const checkpoint::CheckpointManifest& m) {
+    return checkpoint::ReadTrainerState(path, m.step, rng_bytes).status();
+  };
+  ASSIGN_OR_RETURN(const int64_t found_step, AgreedLatestCheckpoint(ck_dir, mesh_, check));
   if (found_step < 0) return Status::OK();
-  const std::string found_path = (fs::path(ck_dir) / fmt::format("step-{:08d}", found_step)).string();
+  const std::string found_path = (fs::path(ck_dir) / checkpoint::StepDirName(found_step)).string();
 
+  ASSIGN_OR_RETURN(checkpoint::TrainerState ts, checkpoint::ReadTrainerState(found_path, found_step, rng_bytes));
   RETURN_IF_ERROR(models::LoadWeights(params_, (fs::path(found_path) / "model.safetensors").string(), "").status());
   std::map<std::string, std::string> meta;
   ASSIGN_OR_RETURN(auto opt_state, checkpoint::ReadTensors((fs::path(found_path) / "optimizer.safetensors").string(), &meta));
-  std::ifstream in(fs::path(found_path) / "trainer_state.json");
-  nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
-  if (j.is_discarded() || !j.contains("step") || !j.contains("cursor"))
-    return CorruptionError(fmt::format("{}/trainer_state.json is not a vlorch trainer state", found_path));
-  RETURN_IF_ERROR(optimizer_->LoadState(opt_state, j.value("optimizer_steps", int64_t{0})));
-  step_ = j["step"].get<int64_t>();
-  samples_seen_ = j.value("samples", int64_t{0});
-  tokens_seen_ = j.value("tokens", int64_t{0});
-  ASSIGN_OR_RETURN(cursor_, dataflow::Cursor::Parse(j["cursor"].get<std::string>()));
-  const int saved_dp = j.value("dp", 0);
-  if (saved_dp != mesh_.layout().dp && rank0_)
+  RETURN_IF_ERROR(optimizer_->LoadState(opt_state, ts.optimizer_steps));
+  step_ = ts.step;
+  samples_seen_ = ts.samples;
+  tokens_seen_ = ts.tokens;
+  cursor_ = ts.cursor;
+  if (ts.dp != mesh_.layout().dp && rank0_)
     VLOG_INFO("resuming a dp={} checkpoint at dp={}: the data cursor is global, so every remaining sample is seen once",
-              saved_dp, mesh_.layout().dp);
-  if (j.contains("rng_state")) {
-    ASSIGN_OR_RETURN(std::vector<uint8_t> bytes, Unhex(j["rng_state"].get<std::string>()));
+              ts.dp, mesh_.layout().dp);
+  {
     at::Generator gen = at::detail::getDefaultCPUGenerator();
     std::lock_guard<std::mutex> lock(gen.mutex());
-    torch::Tensor state = torch::from_blob(bytes.data(), {static_cast<int64_t>(bytes.size())}, torch::kUInt8).clone();
+    torch::Tensor state =
+        torch::from_blob(ts.rng_state.data(), {static_cast<int64_t>(ts.rng_state.size())}, torch::kUInt8).clone();
     gen.set_state(state);
   }
   saved_step_ = step_;
@@ -314,29 +332,30 @@ Status StageRun::TrainStep(StepBatch& sb, bool* stop) {
 }
 
 std::string StageRun::TrainerStateJson() const {
-  nlohmann::json j;
-  j["job"] = job_.name;
-  j["stage"] = stage_.name;
-  j["step"] = step_;
-  j["optimizer_steps"] = optimizer_->steps();
-  j["total_steps"] = total_steps_;
-  j["cursor"] = cursor_.Serialize();
-  j["samples"] = samples_seen_;
-  j["tokens"] = tokens_seen_;
-  j["lr"] = lr_;
-  j["loss"] = last_loss_;
-  j["seed"] = job_.seed;
-  j["dp"] = mesh_.layout().dp;
-  j["tp"] = mesh_.layout().tp;
-  j["ep"] = mesh_.layout().ep;
+  checkpoint::TrainerState ts;
+  ts.job = job_.name;
+  ts.stage = stage_.name;
+  ts.step = step_;
+  ts.optimizer_steps = optimizer_->steps();
+  ts.total_steps = total_steps_;
+  ts.cursor = cursor_;
+  ts.samples = samples_seen_;
+  ts.tokens = tokens_seen_;
+  ts.lr = lr_;
+  ts.loss = last_loss_;
+  ts.seed = job_.seed;
+  ts.dp = mesh_.layout().dp;
+  ts.tp = mesh_.layout().tp;
+  ts.ep = mesh_.layout().ep;
   at::Generator gen = at::detail::getDefaultCPUGenerator();
   torch::Tensor state;
   {
     std::lock_guard<std::mutex> lock(gen.mutex());
     state = gen.get_state();
   }
-  j["rng_state"] = Hex(state.data_ptr<uint8_t>(), static_cast<size_t>(state.numel()));
-  return j.dump(2) + "\n";
+  const uint8_t* p = state.data_ptr<uint8_t>();
+  ts.rng_state.assign(p, p + state.numel());
+  return checkpoint::TrainerStateJson(ts);
 }
 
 Status StageRun::SaveCheckpoint() {
@@ -352,7 +371,7 @@ Status StageRun::SaveCheckpoint() {
   RETURN_IF_ERROR(checkpoints_->Save(step_, payload));
   stall_sum_ += Since(t0);
   ++stall_count_;
-  last_checkpoint_ = (fs::path(checkpoints_->dir()) / fmt::format("step-{:08d}", step_)).string();
+  last_checkpoint_ = (fs::path(checkpoints_->dir()) / checkpoint::StepDirName(step_)).string();
   return Status::OK();
 }
 
@@ -404,17 +423,8 @@ StatusOr<StageResult> StageRun::Run() {
   ASSIGN_OR_RETURN(std::vector<OptimizedParam> groups, MakeParamGroups(split.trainable, stage_));
   optimizer_ = std::make_unique<AdamW>(std::move(groups), stage_.optimizer);
   ASSIGN_OR_RETURN(total_steps_, TotalSteps());
-  RETURN_IF_ERROR(Resume());
-
-  if (mesh_.layout().dp > 1) {
-    // Registration order of the trainable parameters (not name order): backward's order.
-    std::vector<torch::Tensor> ordered;
-    for (const auto& item : model_->named_parameters(true))
-      if (item.value().requires_grad()) ordered.push_back(item.value());
-    GradReducerOptions ro;
-    ro.overlap = options_.overlap_grad_reduce;
-    reducer_ = std::make_unique<GradReducer>(std::move(ordered), &mesh_.dp(), ro);
-  }
+  // The writer opens its checkpoints before anyone reads them: Open cleans up what a crashed
+  // save left (and renames back a checkpoint an interrupted re-save had moved aside).
   if (mesh_.coords().dp_rank == 0) {
     checkpoint::CheckpointOptions co;
     co.keep = stage_.checkpoint.keep;
@@ -427,6 +437,17 @@ StatusOr<StageResult> StageRun::Run() {
       };
     }
     ASSIGN_OR_RETURN(checkpoints_, checkpoint::CheckpointManager::Open((fs::path(stage_dir_) / "checkpoints").string(), co));
+  }
+  RETURN_IF_ERROR(Resume());
+
+  if (mesh_.layout().dp > 1) {
+    // Registration order of the trainable parameters (not name order): backward's order.
+    std::vector<torch::Tensor> ordered;
+    for (const auto& item : model_->named_parameters(true))
+      if (item.value().requires_grad()) ordered.push_back(item.value());
+    GradReducerOptions ro;
+    ro.overlap = options_.overlap_grad_reduce;
+    reducer_ = std::make_unique<GradReducer>(std::move(ordered), &mesh_.dp(), ro);
   }
   if (options_.trace_samples) {
     fs::create_directories(fs::path(stage_dir_) / "trace", ec);
@@ -530,8 +551,13 @@ StatusOr<StageResult> RunStage(const JobSpec& job, const std::string& stage_name
     return NotFoundError(fmt::format("{} has no stage '{}'; its stages are: {}", job.source, stage_name,
                                      fmt::join(names, ", ")));
   }
+  const std::string run_dir = options.run_dir.empty() ? job.run_dir : options.run_dir;
+  // One writer per run directory: rank 0 writes it (checkpoints, seal, metrics) and holds
+  // its lock for the stage; a second writer fails here, naming the holder.
+  ASSIGN_OR_RETURN(std::optional<checkpoint::RunDirLock> lock,
+                   LockRunDir(run_dir, fmt::format("job '{}', stage '{}'", job.name, stage_name), mesh));
   // A sealed stage is final, whatever kind it is.
-  auto seal = ReadStageSeal(options.run_dir.empty() ? job.run_dir : options.run_dir, stage_name);
+  auto seal = ReadStageSeal(run_dir, stage_name);
   if (!seal.ok()) return seal.status();
   if (*seal) {
     StageResult done;

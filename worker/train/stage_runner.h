@@ -22,10 +22,13 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 
 #include "common/status.h"
 #include "jobs/job_spec.h"
+#include "worker/checkpoint/manifest.h"
+#include "worker/checkpoint/run_dir_lock.h"
 #include "worker/comm/device_mesh.h"
 
 namespace vlorch::train {
@@ -78,16 +81,26 @@ struct StageResult {
 // its step, commit a checkpoint and return kPreempted.
 void InstallPreemptionHandler();
 
-// The newest committed checkpoint in `dir` that verifies, as rank 0 finds it (damaged ones
-// skipped with a warning), broadcast so every rank loads the same one: its step, -1 if none.
-StatusOr<int64_t> AgreedLatestCheckpoint(const std::string& dir, comm::DeviceMesh& mesh);
+// The newest committed checkpoint in `dir` that verifies (and passes `check`, when given), as
+// rank 0 finds it (damaged ones skipped with a warning), broadcast so every rank loads the
+// same one: its step, -1 if none.
+StatusOr<int64_t> AgreedLatestCheckpoint(const std::string& dir, comm::DeviceMesh& mesh,
+                                         const checkpoint::ContentCheck& check = nullptr);
+
+// Collective: rank 0 takes the run directory's lock (worker/checkpoint/run_dir_lock.h) and
+// every rank learns whether it could. The lock (held on rank 0 only; nullopt elsewhere), or
+// FailedPrecondition on every rank when another writer holds it (rank 0's message names it).
+StatusOr<std::optional<checkpoint::RunDirLock>> LockRunDir(const std::string& run_dir, const std::string& what,
+                                                           comm::DeviceMesh& mesh);
 
 // The checkpoint of `from_stage`'s seal, verified (manifest checksum and every file), for
 // `stage` to start from. FailedPrecondition when from_stage is not sealed yet.
 StatusOr<std::string> SealedCheckpoint(const std::string& run_dir, const std::string& stage,
                                        const std::string& from_stage);
 
-// Runs a training stage, or a transform stage (worker/transforms/).
+// Runs a training stage, or a transform stage (worker/transforms/). Rank 0 holds the run
+// directory's RunDirLock (worker/checkpoint/run_dir_lock.h) meanwhile: FailedPrecondition,
+// naming the holder's pid and host, when another process writes the same run directory.
 StatusOr<StageResult> RunStage(const JobSpec& job, const std::string& stage_name, comm::DeviceMesh& mesh,
                                const StageRunOptions& options);
 

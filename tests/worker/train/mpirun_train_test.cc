@@ -14,7 +14,9 @@
 #include "sharding/dataset_gen.h"
 #include "sharding/ingest.h"
 #include "sharding/shard_store.h"
+#include "common/host.h"
 #include "worker/checkpoint/checkpoint.h"
+#include "worker/checkpoint/run_dir_lock.h"
 
 namespace vlorch {
 namespace {
@@ -272,6 +274,23 @@ TEST_F(MpirunTrain, BadInputExitsTwoWithTheReason) {
   std::string log;
   EXPECT_EQ(Run(2, WriteJob("badinit", p), (root_ / "badinit").string(), "", &log), 2) << log;
   EXPECT_NE(log.find("nowhere.safetensors do not exist"), std::string::npos) << log;
+}
+
+// A second writer on a run directory (here this test process holds its lock, as a running
+// job's rank 0 would) stops before touching it: exit code 2 and the holder's pid and host.
+TEST_F(MpirunTrain, SecondWriterOnALockedRunDirExitsTwoNamingTheHolder) {
+  const std::string run = (root_ / "locked").string();
+  auto lock = checkpoint::RunDirLock::Acquire(run, "the test, standing in for a running job");
+  ASSERT_TRUE(lock.ok()) << lock.status().ToString();
+  std::string log;
+  EXPECT_EQ(Run(2, WriteJob("locked", JobParams{}), run, "", &log), 2) << log;
+  EXPECT_NE(log.find(fmt::format("is in use by another writer: pid {} on host {}", ::getpid(), HostName())),
+            std::string::npos)
+      << log;
+  // Rank 1 learns it from rank 0 at once instead of timing out in its first collective.
+  EXPECT_NE(log.find("rank 0 could not take the lock of run directory"), std::string::npos) << log;
+  EXPECT_EQ(log.find("TimedOut"), std::string::npos) << log;
+  EXPECT_FALSE(fs::exists(root_ / "locked" / "stages" / "train" / "checkpoints")) << "the second writer wrote";
 }
 
 }  // namespace
