@@ -95,4 +95,14 @@ StatusOr<std::string> ReadRegularFile(const std::string& path, size_t max_bytes)
   return out;
 }
 
+StatusOr<std::string> ReadMetadataFile(const std::string& path, size_t max_bytes) {
+  auto text = ReadRegularFile(path, max_bytes);
+  if (text.ok()) return text;
+  switch (text.status().code()) {
+    case StatusCode::kNotFound: return NotFoundError(path + " is missing");
+    case StatusCode::kInvalidArgument: return CorruptionError(text.status().message());
+    default: return text.status();
+  }
+}
+
 }  // namespace vlorch

@@ -24,4 +24,9 @@ Status FsyncPath(const std::string& path, bool directory);
 // `max_bytes`. Errors name the path and what to do.
 StatusOr<std::string> ReadRegularFile(const std::string& path, size_t max_bytes);
 
+// ReadRegularFile for a file a commit protocol wrote (checkpoint metadata, stage state):
+// NotFound "<path> is missing" when absent; Corruption (the file is damaged, skip what it
+// describes) when it is not a regular file or is over `max_bytes`.
+StatusOr<std::string> ReadMetadataFile(const std::string& path, size_t max_bytes);
+
 }  // namespace vlorch

@@ -7,11 +7,24 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 
 #include "common/durable_file.h"
 
 namespace vlorch {
+
+std::string VlorchHomeDir() {
+  if (const char* home = std::getenv("VLORCH_HOME"); home != nullptr && *home) return home;
+  const char* user_home = std::getenv("HOME");
+  return (std::filesystem::path(user_home != nullptr && *user_home ? user_home : ".") / ".vlorch").string();
+}
+
+bool NamesThisMachine(const std::string& host) {
+  if (host == "localhost" || host == "::1" || host == "[::1]" || host.rfind("127.", 0) == 0) return true;
+  char name[256] = {};
+  return ::gethostname(name, sizeof(name) - 1) == 0 && host == name;
+}
 
 StatusOr<std::string> RandomHexToken(size_t bytes) {
   std::string raw(bytes, '\0');

@@ -9,6 +9,14 @@
 
 namespace vlorch {
 
+// The per-user folder of vlorch's published secrets and default state: $VLORCH_HOME, else
+// $HOME/.vlorch (else ./.vlorch when HOME is unset).
+std::string VlorchHomeDir();
+
+// Whether `host` names this machine: "localhost", a 127.x or ::1 address, or its host name.
+// Secrets published in VlorchHomeDir() are offered only to such addresses.
+bool NamesThisMachine(const std::string& host);
+
 // `bytes` random bytes from getrandom(2), hex-encoded (2 * bytes characters).
 StatusOr<std::string> RandomHexToken(size_t bytes = 32);
 

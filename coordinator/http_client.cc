@@ -79,22 +79,11 @@ Status SplitHostPort(const std::string& text, std::string* host, int* port) {
 }
 
 std::string TokenDiscoveryPath(int port) {
-  namespace fs = std::filesystem;
-  fs::path base;
-  if (const char* home = std::getenv("VLORCH_HOME"); home != nullptr && *home) {
-    base = home;
-  } else {
-    const char* user_home = std::getenv("HOME");
-    base = fs::path(user_home != nullptr && *user_home ? user_home : ".") / ".vlorch";
-  }
-  return (base / "tokens" / std::to_string(port)).string();
+  return (std::filesystem::path(VlorchHomeDir()) / "tokens" / std::to_string(port)).string();
 }
 
 std::string DiscoverToken(const std::string& host, int port) {
-  char name[256] = {};
-  const bool own_name = ::gethostname(name, sizeof(name) - 1) == 0 && host == name;
-  const bool local = own_name || host == "localhost" || host == "::1" || host == "[::1]" || host.rfind("127.", 0) == 0;
-  if (!local) return "";
+  if (!NamesThisMachine(host)) return "";
   auto token = ReadSecretFile(TokenDiscoveryPath(port));
   return token.ok() ? *token : "";
 }

@@ -40,15 +40,7 @@ void SplitTcp(const std::string& endpoint, std::string* host, int* port) {
 bool CurveCredentials::Valid() const { return IsZ85Key(server_public) && IsZ85Key(public_key) && IsZ85Key(secret_key); }
 
 std::string CurveDiscoveryPath(int zmq_port) {
-  namespace fs = std::filesystem;
-  fs::path base;
-  if (const char* home = std::getenv("VLORCH_HOME"); home != nullptr && *home) {
-    base = home;
-  } else {
-    const char* user_home = std::getenv("HOME");
-    base = fs::path(user_home != nullptr && *user_home ? user_home : ".") / ".vlorch";
-  }
-  return (base / "curve" / std::to_string(zmq_port)).string();
+  return (std::filesystem::path(VlorchHomeDir()) / "curve" / std::to_string(zmq_port)).string();
 }
 
 std::string FormatCurveFile(const CurveCredentials& c) {
@@ -92,9 +84,7 @@ StatusOr<std::optional<CurveCredentials>> FindCurveCredentials(const std::string
   int port = -1;
   SplitTcp(endpoint, &host, &port);
   if (port < 0) return std::optional<CurveCredentials>();
-  char name[256] = {};
-  const bool own_name = ::gethostname(name, sizeof(name) - 1) == 0 && host == name;
-  if (!(own_name || host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0)) return std::optional<CurveCredentials>();
+  if (!NamesThisMachine(host)) return std::optional<CurveCredentials>();
   const std::string path = CurveDiscoveryPath(port);
   auto text = ReadSecretFile(path);
   if (!text.ok()) {

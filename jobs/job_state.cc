@@ -19,43 +19,13 @@ namespace vlorch {
 namespace fs = std::filesystem;
 namespace {
 
-// A small file of the run directory, read as untrusted: a regular file (a FIFO put in its
-// place must not hang the reader: O_NONBLOCK) of at most `max_bytes`. NotFound when absent.
-StatusOr<std::string> ReadSmallFile(const std::string& path, size_t max_bytes) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0) {
-    if (errno == ENOENT) return NotFoundError(fmt::format("{} is missing", path));
-    return ErrnoError("open", path, errno);
-  }
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_size) > max_bytes) {
-    ::close(fd);
-    return CorruptionError(fmt::format("{} is not a regular file of at most {} bytes", path, max_bytes));
-  }
-  std::string out(static_cast<size_t>(st.st_size), '\0');
-  size_t got = 0;
-  while (got < out.size()) {
-    const ssize_t n = ::read(fd, out.data() + got, out.size() - got);
-    if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
-    if (n < 0) {
-      const int err = errno;
-      ::close(fd);
-      return ErrnoError("read", path, err);
-    }
-    if (n == 0) break;
-    got += static_cast<size_t>(n);
-  }
-  ::close(fd);
-  out.resize(got);
-  return out;
-}
 
 constexpr size_t kMaxManifestBytes = 4 << 20;  // as worker/checkpoint/manifest.h
 constexpr size_t kMaxStateBytes = 1 << 20;
 
 StatusOr<uint32_t> ManifestCrc(const std::string& checkpoint) {
   const std::string path = (fs::path(checkpoint) / "manifest.json").string();
-  auto text = ReadSmallFile(path, kMaxManifestBytes);
+  auto text = ReadMetadataFile(path, kMaxManifestBytes);
   if (!text.ok() && text.status().code() == StatusCode::kNotFound)
     return NotFoundError(fmt::format("{} is missing: {} is not a committed checkpoint", path, checkpoint));
   if (!text.ok()) return text.status();
@@ -65,7 +35,7 @@ StatusOr<uint32_t> ManifestCrc(const std::string& checkpoint) {
 // The step a `latest` file names ("step-00000040\n" -> 40); -1 when it is missing or damaged
 // (it is only a hint: the checkpoints themselves rule).
 int64_t LatestStep(const std::string& path) {
-  auto text = ReadSmallFile(path, 64);
+  auto text = ReadMetadataFile(path, 64);
   if (!text.ok()) return -1;
   std::string t = *text;
   if (!t.empty() && t.back() == '\n') t.pop_back();
@@ -101,7 +71,7 @@ std::string StageDir(const std::string& run_dir, const std::string& stage) {
 
 StatusOr<std::optional<StageSeal>> ReadStageSeal(const std::string& run_dir, const std::string& stage) {
   const std::string path = StateFile(run_dir, stage);
-  auto text = ReadSmallFile(path, kMaxStateBytes);
+  auto text = ReadMetadataFile(path, kMaxStateBytes);
   if (!text.ok() && text.status().code() == StatusCode::kNotFound) return std::optional<StageSeal>();
   auto bad = [&](const std::string& what) {
     return CorruptionError(fmt::format("{} is not a stage seal ({}); delete it to run stage '{}' again from its "
@@ -149,7 +119,7 @@ Status WritePreemptionRecord(const std::string& run_dir, const std::string& stag
 }
 
 std::optional<PreemptionRecord> ReadPreemptionRecord(const std::string& run_dir, const std::string& stage) {
-  auto text = ReadSmallFile((fs::path(StageDir(run_dir, stage)) / "preempted.json").string(), kMaxStateBytes);
+  auto text = ReadMetadataFile((fs::path(StageDir(run_dir, stage)) / "preempted.json").string(), kMaxStateBytes);
   if (!text.ok()) return std::nullopt;
   const nlohmann::json j = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
   auto count = [&](const char* key) {  // a non-negative int64, or -1

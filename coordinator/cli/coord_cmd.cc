@@ -22,6 +22,7 @@
 #include "coordinator/cli/cli_util.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/cli/client_cmd.h"
+#include "common/secret.h"
 #include "coordinator/http_client.h"
 #include "coordinator/launcher.h"
 #include "jobs/job_spec.h"
@@ -31,11 +32,7 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-std::string DefaultStateDir() {
-  if (const char* home = std::getenv("VLORCH_HOME"); home != nullptr && *home) return (fs::path(home) / "coordinator").string();
-  const char* home = std::getenv("HOME");
-  return (fs::path(home != nullptr ? home : ".") / ".vlorch" / "coordinator").string();
-}
+std::string DefaultStateDir() { return (fs::path(VlorchHomeDir()) / "coordinator").string(); }
 
 std::atomic<bool> g_interrupted{false};
 

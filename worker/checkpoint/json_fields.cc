@@ -1,5 +1,7 @@
 #include "worker/checkpoint/json_fields.h"
 
+#include "common/durable_file.h"
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -13,43 +15,7 @@
 namespace vlorch::checkpoint::internal {
 
 StatusOr<std::string> ReadSmallFile(const std::string& path, size_t max_bytes) {
-  // O_NONBLOCK: a FIFO put where a metadata file belongs must not hang the reader.
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0) {
-    if (errno == ENOENT) return NotFoundError(fmt::format("{} is missing", path));
-    return ErrnoError("open", path, errno);
-  }
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    const int err = errno;
-    ::close(fd);
-    return ErrnoError("stat", path, err);
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
-    return CorruptionError(fmt::format("{} is not a regular file", path));
-  }
-  if (static_cast<uint64_t>(st.st_size) > max_bytes) {
-    ::close(fd);
-    return CorruptionError(fmt::format("{} has {} bytes, more than the {} such a file can have", path, st.st_size,
-                                       max_bytes));
-  }
-  std::string out(static_cast<size_t>(st.st_size), '\0');
-  size_t got = 0;
-  while (got < out.size()) {
-    const ssize_t n = ::read(fd, out.data() + got, out.size() - got);
-    if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
-    if (n < 0) {
-      const int err = errno;
-      ::close(fd);
-      return ErrnoError("read", path, err);
-    }
-    if (n == 0) break;  // shrank meanwhile: parse what is there
-    got += static_cast<size_t>(n);
-  }
-  ::close(fd);
-  out.resize(got);
-  return out;
+  return ReadMetadataFile(path, max_bytes);
 }
 
 StatusOr<nlohmann::json> ParseObject(const std::string& path, const std::string& text) {
