@@ -27,6 +27,7 @@ enum class StatusCode : int {
   kUnavailable = 7,         // a peer or service cannot be reached; retrying may help
   kFailedPrecondition = 8,  // the system is not in a state where this can run
   kInternal = 9,            // an invariant broke inside a dependency
+  kResourceExhausted = 10,  // a disk, memory or count limit was reached; freeing it and retrying helps
 };
 
 std::string_view StatusCodeName(StatusCode code);
@@ -67,6 +68,7 @@ Status AbortedError(std::string message);
 Status UnavailableError(std::string message);
 Status FailedPreconditionError(std::string message);
 Status InternalError(std::string message);
+Status ResourceExhaustedError(std::string message);
 
 // IOError for a failed syscall: "<what> '<path>': <strerror(errno_value)>".
 Status ErrnoError(std::string_view what, std::string_view path, int errno_value);

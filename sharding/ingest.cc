@@ -12,6 +12,7 @@
 
 #include <fmt/format.h>
 
+#include "common/disk_space.h"
 #include "common/fault.h"
 #include "common/logging.h"
 #include "sharding/jpeg_check.h"
@@ -122,6 +123,22 @@ StatusOr<IngestReport> Ingest(ShardStore& store, const IngestOptions& options) {
     progress.bytes_total += FileSize(paths.back());
   }
 
+  // Space: what the incomplete sources hold is about what the store grows by.
+  uint64_t need = 0;
+  for (const std::string& path : paths) {
+    ASSIGN_OR_RETURN(SourceState state, store.Source(format, path));
+    if (!state.complete) need += FileSize(path);
+  }
+  const std::string what = fmt::format("ingest into the shard store {}", store.dir());
+  const std::string advice =
+      "free space there (or ingest into a store on a larger disk) and run the same command again; the batches "
+      "committed so far are kept and the ingest resumes after them";
+  if (options.check_free_space) RETURN_IF_ERROR(CheckFreeSpace(store.dir(), need, what, advice));
+  auto space = [&](Status s) {
+    if (!s.ok() && IsOutOfSpace(s)) return OutOfSpaceError(store.dir(), need, what, advice, s);
+    return s;
+  };
+
   IngestReport report;
   int64_t batches_committed = 0;
   for (const std::string& path : paths) {
@@ -183,11 +200,11 @@ StatusOr<IngestReport> Ingest(ShardStore& store, const IngestOptions& options) {
     uint64_t committed_bytes = 0;
     auto finish_commit = [&]() -> Status {
       if (!committing.valid()) return Status::OK();
-      RETURN_IF_ERROR(committing.get());
+      RETURN_IF_ERROR(space(committing.get()));
       ++batches_committed;
       MaybeKill({{"ingest-batch", batches_committed}});
       if (options.flush_every_batches > 0 && batches_committed % options.flush_every_batches == 0)
-        RETURN_IF_ERROR(store.Flush());
+        RETURN_IF_ERROR(space(store.Flush()));
       progress.bytes_done = start_bytes + committed_bytes;
       progress.records = report.records;
       progress.ingested = report.ingested;
@@ -263,8 +280,8 @@ StatusOr<IngestReport> Ingest(ShardStore& store, const IngestOptions& options) {
   }
   // The manifest describes the final state; one flush at the end makes it all durable
   // (before it, RocksDB's atomic flushes keep progress and data together).
-  RETURN_IF_ERROR(store.WriteManifest());
-  RETURN_IF_ERROR(store.Flush());
+  RETURN_IF_ERROR(space(store.WriteManifest()));
+  RETURN_IF_ERROR(space(store.Flush()));
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return report;
 }

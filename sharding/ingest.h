@@ -10,6 +10,10 @@
 // Killing the process at any point and running the same command again therefore finishes
 // with the same store as an uninterrupted run: same samples, same order, same quarantine.
 //
+// A full disk is not a bad record: the ingest stops with a ResourceExhausted error naming
+// the store, the space it needs and the space free; what was committed stays, and the same
+// command resumes once space is freed.
+//
 // Bad records are quarantined with a reason (docs/shard-store.md) and counted; none stops
 // the ingest. A source that cannot be read at all fails the ingest with its path.
 //
@@ -67,6 +71,12 @@ struct IngestOptions {
   // (sharding/jpeg_check.h). Defaults: 16384 pixels per side (max_side), 2^26 = 64 Mpixel
   // (max_pixels), 100 scans (max_scans). Over: image_too_large / too_many_scans.
   JpegLimits jpeg_limits;
+  // Before writing, refuse (ResourceExhausted, nothing written) when the store's filesystem
+  // has less free space than the sources not yet complete hold: images are stored as they
+  // are, so that is what the store grows by, give or take RocksDB's overhead. Default true.
+  // Whether or not it is checked, a write that runs out of space fails the ingest with the
+  // same kind of error, keeping every batch committed before it (a re-run resumes there).
+  bool check_free_space = true;
   // Called after every batch (e.g. to draw a progress bar). Default: none.
   std::function<void(const IngestProgress&)> on_progress;
 

@@ -18,6 +18,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "common/disk_space.h"
 #include "common/logging.h"
 
 namespace vlorch::sharding {
@@ -37,12 +38,7 @@ std::string Printable(std::string_view s) {
   return out;
 }
 
-// "40.0 GiB (42949672960 bytes)".
-std::string Bytes(uint64_t n) {
-  if (n >= (uint64_t{1} << 30)) return fmt::format("{:.1f} GiB ({} bytes)", n / double(uint64_t{1} << 30), n);
-  if (n >= (uint64_t{1} << 20)) return fmt::format("{:.1f} MiB ({} bytes)", n / double(uint64_t{1} << 20), n);
-  return fmt::format("{} bytes", n);
-}
+std::string Bytes(uint64_t n) { return FormatBytes(n); }
 
 // Deepest nesting of objects and arrays in JSON text, brackets inside strings not counted.
 // Stops counting once past `limit` (the caller only needs to know that).

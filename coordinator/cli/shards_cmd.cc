@@ -110,6 +110,7 @@ void AddShardsCommands(CLI::App& app, int* rc) {
     std::vector<std::string> sources;
     uint32_t shard_size = 0;
     int batch = 256, threads = 0, flush_every = 0;
+    bool no_space_check = false;
   };
   auto ia = std::make_shared<IngestArgs>();
   auto* ingest = shards->add_subcommand("ingest", "ingest source files into a store (resumable, idempotent)");
@@ -121,6 +122,9 @@ void AddShardsCommands(CLI::App& app, int* rc) {
   ingest->add_option("--flush-every", ia->flush_every,
                      "make progress durable every N batches (0: when memtables fill, and at the end)")
       ->capture_default_str();
+  ingest->add_flag("--no-space-check", ia->no_space_check,
+                   "skip the free-space check before writing (a disk that fills up still stops the ingest with "
+                   "the space it needs, keeping what it committed)");
   ingest->add_option("sources", ia->sources, "source files")->required();
   ingest->callback([ia, rc] {
     auto format = sharding::ParseSourceFormat(ia->format);
@@ -141,6 +145,7 @@ void AddShardsCommands(CLI::App& app, int* rc) {
     io.batch_size = ia->batch;
     io.threads = ia->threads;
     io.flush_every_batches = ia->flush_every;
+    io.check_free_space = !ia->no_space_check;
     const bool tty = isatty(STDERR_FILENO);
     double last_line = 0;
     io.on_progress = [&](const sharding::IngestProgress& p) { ShowProgress(p, tty, &last_line); };

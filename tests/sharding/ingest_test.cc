@@ -4,6 +4,7 @@
 #include "sharding/ingest.h"
 
 #include <fcntl.h>
+#include <sys/mount.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -15,6 +16,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "common/disk_space.h"
 #include "common/hash.h"
 #include "sharding/dataset_gen.h"
 #include "sharding/readers.h"
@@ -349,7 +351,9 @@ TEST(IngestTest, ShardSizeIsFixedAtCreation) {
 }
 
 // Runs the real CLI; returns its wait status.
-int RunCli(const std::vector<std::string>& args, const std::string& fault) {
+// Runs the `vlorch` CLI; its stdout and stderr go to *output when given, else nowhere.
+int RunCli(const std::vector<std::string>& args, const std::string& fault, std::string* output = nullptr) {
+  const std::string out_path = ::testing::TempDir() + "/vlorch_cli_output_" + std::to_string(getpid());
   pid_t pid = fork();
   if (pid == 0) {
     if (!fault.empty()) setenv("VLORCH_FAULT", fault.c_str(), 1);
@@ -357,14 +361,19 @@ int RunCli(const std::vector<std::string>& args, const std::string& fault) {
     argv.push_back(const_cast<char*>(VLORCH_CLI));
     for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
     argv.push_back(nullptr);
-    int devnull = ::open("/dev/null", O_WRONLY);
-    dup2(devnull, 1);
-    dup2(devnull, 2);
+    int out = output ? ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644) : ::open("/dev/null", O_WRONLY);
+    dup2(out, 1);
+    dup2(out, 2);
     execv(VLORCH_CLI, argv.data());
     _exit(127);
   }
   int status = 0;
   waitpid(pid, &status, 0);
+  if (output) {
+    std::ifstream in(out_path);
+    *output = std::string(std::istreambuf_iterator<char>(in), {});
+    std::remove(out_path.c_str());
+  }
   return status;
 }
 
@@ -409,6 +418,81 @@ TEST(IngestTest, KillDashNineAndRerunGivesTheSameStore) {
   EXPECT_EQ(QuarantineCounts(**crashed), g.bad);
   // Source paths differ only by the store they went to; compare everything else.
   EXPECT_EQ(Digest(**crashed), Digest(**ref));
+}
+
+// The store on a small filesystem made here (a tmpfs: mounting needs root; elsewhere the
+// test says so and skips). `vlorch shards ingest` refuses up front when the sources cannot
+// fit; with that check off it runs out of space part-way and stops with an error naming the
+// store, the space needed and the space free, keeping every flushed batch readable. Once
+// space is added (the tmpfs remounted larger) the same command resumes, and the store equals
+// one ingested without interruption.
+TEST(IngestTest, DiskFullStopsNamingTheSpaceNeededKeepsWhatWasCommittedAndResumes) {
+  std::string root = Fresh("diskfull");
+  GeneratedDataset g = MakeLaion(root + "/src", 3, 80, /*max_px=*/320);
+  uint64_t source_bytes = 0;
+  for (const auto& f : g.files) source_bytes += std::filesystem::file_size(f);
+  ASSERT_GT(source_bytes, uint64_t{2} << 20) << "the sources must not fit the 1 MiB filesystem";
+  std::vector<std::string> args = {"shards", "ingest", "--format", "img2dataset", "--store", root + "/ref",
+                                   "--batch", "16", "--shard-size", "8", "--flush-every", "2"};
+  args.insert(args.end(), g.files.begin(), g.files.end());
+  int st = RunCli(args, "");
+  ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << st;
+
+  const std::string mnt = root + "/small-fs";
+  std::filesystem::create_directories(mnt);
+  if (::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=1m") != 0)
+    GTEST_SKIP() << "cannot mount a tmpfs at " << mnt << " (" << std::strerror(errno)
+                 << "): the disk-full test needs root";
+  struct Unmount {
+    std::string dir;
+    ~Unmount() { ::umount2(dir.c_str(), MNT_DETACH); }
+  } unmount{mnt};
+  const std::string store = mnt + "/store";
+  args[5] = store;
+  std::string out;
+
+  // 1. Refused before writing: the sources hold more than the filesystem has free.
+  st = RunCli(args, "", &out);
+  ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) != 0) << out;
+  EXPECT_NE(out.find("ingest into the shard store " + store + " needs "), std::string::npos) << out;
+  EXPECT_NE(out.find(FormatBytes(source_bytes)), std::string::npos) << out;
+  EXPECT_NE(out.find("free: free space there"), std::string::npos) << out;
+
+  // 2. Without the check: runs out part-way, says so with the numbers.
+  std::vector<std::string> unchecked = args;
+  unchecked.insert(unchecked.begin() + 2, "--no-space-check");
+  st = RunCli(unchecked, "", &out);
+  ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) != 0) << out;
+  EXPECT_NE(out.find("ingest into the shard store " + store + " ran out of space"), std::string::npos) << out;
+  EXPECT_NE(out.find("it needs about " + FormatBytes(source_bytes)), std::string::npos) << out;
+  EXPECT_NE(out.find("run the same command again"), std::string::npos) << out;
+  uint64_t kept = 0;
+  {
+    ShardStoreOptions ro;
+    ro.read_only = true;
+    auto s = ShardStore::Open(store, ro);
+    ASSERT_TRUE(s.ok()) << "the store must open after a full disk: " << s.status().ToString();
+    kept = (*s)->num_samples();
+    for (uint64_t i = 0; i < kept; ++i) {
+      auto sample = (*s)->Get(i, true);
+      ASSERT_TRUE(sample.ok()) << i << ": " << sample.status().ToString();
+    }
+  }
+  EXPECT_GT(kept, 0u) << "flushed batches are kept";
+  EXPECT_LT(kept, g.good);
+
+  // 3. Space returns: the same command resumes and finishes.
+  ASSERT_EQ(::mount("tmpfs", mnt.c_str(), "tmpfs", MS_REMOUNT, "size=64m"), 0) << std::strerror(errno);
+  st = RunCli(args, "", &out);
+  ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << out;
+  ShardStoreOptions ro;
+  ro.read_only = true;
+  auto ref = ShardStore::Open(root + "/ref", ro);
+  auto resumed = ShardStore::Open(store, ro);
+  ASSERT_TRUE(ref.ok() && resumed.ok());
+  EXPECT_EQ((*resumed)->num_samples(), g.good);
+  EXPECT_EQ(QuarantineCounts(**resumed), g.bad);
+  EXPECT_EQ(Digest(**resumed), Digest(**ref));
 }
 
 // `vlorch shards verify`: exit 0 on a sound store; after one byte of an image's blob file is

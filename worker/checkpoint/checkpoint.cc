@@ -11,6 +11,7 @@
 
 #include <fmt/format.h>
 
+#include "common/disk_space.h"
 #include "common/durable_file.h"
 #include "common/fault.h"
 #include "common/hash.h"
@@ -161,6 +162,31 @@ Status CheckpointManager::Save(int64_t step, const CheckpointPayload& payload) {
 
 Status CheckpointManager::Write(int64_t step, const CheckpointPayload& snap, SaveStats* stats) {
   const auto t0 = std::chrono::steady_clock::now();
+  // 0. Space. The files need the tensors' bytes plus headers and the small JSON files; a
+  // filesystem with less free is refused before anything is written, and a write that still
+  // runs out (others writing beside us) removes its partial files. Either way the committed
+  // checkpoints stay as they are, and a later save or a restarted run goes on once space is freed.
+  uint64_t need = snap.trainer_state_json.size() + (uint64_t{64} << 10);
+  for (const NamedTensors* t : {&snap.model, &snap.optimizer})
+    for (const auto& [n, x] : *t) need += x.numel() * x.element_size() + n.size() + 128;
+  const std::string what = fmt::format("checkpoint step {}{}", step,
+                                       options_.stage.empty() ? "" : fmt::format(" of stage '{}'", options_.stage));
+  const std::string advice =
+      "free space there (or lower the stage's checkpoint keep) and resume the job; the committed checkpoints are "
+      "intact and the run resumes from the newest";
+  RETURN_IF_ERROR(CheckFreeSpace(dir_, need, what, advice));
+  Status written = WriteFiles(step, snap, stats);
+  if (!written.ok()) {
+    std::error_code ec;
+    fs::remove_all(fs::path(dir_) / (kTmpPrefix + StepDirName(step)), ec);
+    if (IsOutOfSpace(written)) return OutOfSpaceError(dir_, need, what, advice, written);
+    return written;
+  }
+  stats->write_seconds = Since(t0);
+  return Status::OK();
+}
+
+Status CheckpointManager::WriteFiles(int64_t step, const CheckpointPayload& snap, SaveStats* stats) {
   const std::string name = StepDirName(step);
   const std::string tmp = (fs::path(dir_) / (kTmpPrefix + name)).string();
   const std::string final_dir = (fs::path(dir_) / name).string();
@@ -240,7 +266,6 @@ Status CheckpointManager::Write(int64_t step, const CheckpointPayload& snap, Sav
     if (committed[i].second == name) continue;
     fs::remove_all(fs::path(dir_) / committed[i].second, ec);
   }
-  stats->write_seconds = Since(t0);
   return Status::OK();
 }
 

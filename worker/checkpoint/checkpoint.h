@@ -14,6 +14,10 @@
 //   4. rename the temporary directory to `step-NNNNNNNN`, fsync `<dir>`
 //   5. write `latest.tmp` naming it, fsync, rename to `latest`, fsync `<dir>`
 //   6. delete `.replaced-step-NNNNNNNN`, and committed checkpoints beyond the newest `keep`
+// Before 1, the free space under <dir> is checked against the payload's size: too little is
+// a ResourceExhausted error naming the directory, the bytes needed and the bytes free, with
+// nothing written; a write that fails for space later removes its .tmp directory and returns
+// the same kind of error. Committed checkpoints are untouched either way.
 // A crash before 3 leaves a .tmp directory that the next CheckpointManager removes, and the
 // committed checkpoints as they were. A crash between 3 and 4 leaves step N only as
 // .replaced-step-N: the next Open renames it back before anything reads the directory. A
@@ -98,7 +102,10 @@ class CheckpointManager {
 
  private:
   CheckpointManager(std::string dir, const CheckpointOptions& options) : dir_(std::move(dir)), options_(options) {}
+  // Steps 0 (free space) to 6; removes the temporary directory of a failed write.
   Status Write(int64_t step, const CheckpointPayload& snapshot, SaveStats* stats);
+  // Steps 1 to 6.
+  Status WriteFiles(int64_t step, const CheckpointPayload& snapshot, SaveStats* stats);
 
   std::string dir_;
   CheckpointOptions options_;

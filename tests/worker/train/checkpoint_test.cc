@@ -1,9 +1,13 @@
+#include <fcntl.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cmath>
 #include <csignal>
+#include <cstring>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -598,6 +602,113 @@ TEST_F(CheckpointTest, DamagedSealAndLatestAreReportedNotThrown) {
   // preempted.json with a step past int64 is no record rather than a negative step.
   std::ofstream(stage_dir / "preempted.json") << "{\"incarnation\": 1, \"step\": 18446744073709551615, \"checkpoint\": \"x\"}";
   EXPECT_FALSE(ReadPreemptionRecord(run, "s").has_value());
+}
+
+// A tmpfs mounted over `dir` for one test, unmounted when it goes out of scope. Mounting
+// needs root (CI runs as root); elsewhere ok() is false and the test skips, saying why.
+class SmallFilesystem {
+ public:
+  SmallFilesystem(const fs::path& dir, const std::string& options) : dir_(dir) {
+    fs::create_directories(dir);
+    if (::mount("tmpfs", dir.c_str(), "tmpfs", 0, options.c_str()) == 0) {
+      mounted_ = true;
+    } else {
+      why_ = fmt::format("cannot mount a tmpfs at {} ({}): the disk-full tests need root", dir.string(),
+                         std::strerror(errno));
+    }
+  }
+  ~SmallFilesystem() {
+    if (mounted_) ::umount2(dir_.c_str(), MNT_DETACH);
+  }
+  bool ok() const { return mounted_; }
+  const std::string& why() const { return why_; }
+
+ private:
+  fs::path dir_;
+  bool mounted_ = false;
+  std::string why_;
+};
+
+// About 1.25 MiB: two 640 KiB tensors.
+CheckpointPayload LargePayload(float v) {
+  CheckpointPayload p;
+  p.model = {{"w", torch::full({160 * 1024}, v)}};
+  p.optimizer = {{"w.exp_avg", torch::full({160 * 1024}, v / 2)}};
+  p.optimizer_metadata = {{"steps", "1"}};
+  p.trainer_state_json = fmt::format("{{\"step\": {}}}\n", v);
+  return p;
+}
+
+// The next save does not fit the space left: refused before a byte is written, with the
+// directory, the bytes needed and the bytes free; the committed step is untouched; once
+// space is freed the same save commits.
+TEST_F(CheckpointTest, SaveThatCannotFitIsRefusedNamingTheSpaceAndTheCommittedStepStays) {
+  SmallFilesystem small(dir_, "size=2m");
+  if (!small.ok()) GTEST_SKIP() << small.why();
+  CheckpointOptions o;
+  o.stage = "s";
+  auto m = CheckpointManager::Open((dir_ / "ck").string(), o);
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  ASSERT_TRUE((*m)->Save(1, LargePayload(1)).ok());
+  ASSERT_TRUE((*m)->Wait().ok());
+  ASSERT_TRUE((*m)->Save(2, LargePayload(2)).ok());  // asynchronous: the error comes from Wait
+  Status s = (*m)->Wait();
+  ASSERT_EQ(s.code(), StatusCode::kResourceExhausted) << s.ToString();
+  EXPECT_NE(s.message().find("checkpoint step 2 of stage 's' needs 1.3 MiB"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("on the filesystem of " + (dir_ / "ck").string() + ", which has"), std::string::npos)
+      << s.message();
+  EXPECT_NE(s.message().find("the committed checkpoints are intact"), std::string::npos) << s.message();
+  EXPECT_FALSE(fs::exists(dir_ / "ck" / ".tmp-step-00000002"));
+  EXPECT_EQ(ReadAll(dir_ / "ck" / "latest"), "step-00000001\n");
+  ASSERT_TRUE(VerifyCheckpoint((dir_ / "ck" / "step-00000001").string()).ok());
+
+  // Space returns (the older checkpoint is removed by hand): the save commits.
+  fs::remove_all(dir_ / "ck" / "step-00000001");
+  ASSERT_TRUE((*m)->Save(2, LargePayload(2)).ok());
+  ASSERT_TRUE((*m)->Wait().ok());
+  ASSERT_TRUE(VerifyCheckpoint((dir_ / "ck" / "step-00000002").string()).ok());
+  EXPECT_EQ(ReadAll(dir_ / "ck" / "latest"), "step-00000002\n");
+}
+
+// The space check passes but the filesystem still fills part-way (here: it runs out of
+// inodes after the first file, as it would when another writer takes the space): the save
+// fails with the same kind of error, removes its partial files, and the committed step stays.
+TEST_F(CheckpointTest, SaveThatRunsOutOfSpacePartWayRemovesItsFilesAndKeepsTheCommittedStep) {
+  SmallFilesystem small(dir_, "size=64m,nr_inodes=64");
+  if (!small.ok()) GTEST_SKIP() << small.why();
+  CheckpointOptions o;
+  o.async = false;
+  auto m = CheckpointManager::Open((dir_ / "ck").string(), o);
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  ASSERT_TRUE((*m)->Save(1, Payload(1)).ok());
+  // Take every free inode, then give two back: the temporary directory and one file.
+  std::vector<fs::path> fillers;
+  for (int i = 0; i < 1000; ++i) {
+    const fs::path f = dir_ / fmt::format("filler-{}", i);
+    const int fd = ::open(f.c_str(), O_CREAT | O_WRONLY, 0644);
+    if (fd < 0) {
+      ASSERT_EQ(errno, ENOSPC) << std::strerror(errno);
+      break;
+    }
+    ::close(fd);
+    fillers.push_back(f);
+  }
+  ASSERT_GE(fillers.size(), 2u);
+  fs::remove(fillers.back()), fillers.pop_back();
+  fs::remove(fillers.back()), fillers.pop_back();
+  Status s = (*m)->Save(2, Payload(2));
+  ASSERT_EQ(s.code(), StatusCode::kResourceExhausted) << s.ToString();
+  EXPECT_NE(s.message().find("checkpoint step 2 ran out of space on the filesystem of " + (dir_ / "ck").string()),
+            std::string::npos)
+      << s.message();
+  EXPECT_NE(s.message().find(std::strerror(ENOSPC)), std::string::npos) << s.message();
+  EXPECT_FALSE(fs::exists(dir_ / "ck" / ".tmp-step-00000002"));
+  EXPECT_EQ(ReadAll(dir_ / "ck" / "latest"), "step-00000001\n");
+  ASSERT_TRUE(VerifyCheckpoint((dir_ / "ck" / "step-00000001").string()).ok());
+
+  for (const auto& f : fillers) fs::remove(f);
+  ASSERT_TRUE((*m)->Save(2, Payload(2)).ok());
+  ASSERT_TRUE(VerifyCheckpoint((dir_ / "ck" / "step-00000002").string()).ok());
 }
 
 }  // namespace

@@ -1,8 +1,14 @@
 // vlorch-worker under real mpirun: dp equivalence, kill -9 and resume, a crash inside a
 // checkpoint write, SIGTERM preemption, and a damaged shard. Every run trains the same tiny
 // BLIP-2-style model on JPEGs generated here, on CPU, where training is bitwise reproducible.
+#include <fcntl.h>
+#include <sys/mount.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -208,6 +214,57 @@ TEST_F(MpirunTrain, CrashDuringCheckpointWriteResumesFromThePreviousOne) {
   EXPECT_NE(log.find("(step 4)"), std::string::npos) << log;
   EXPECT_FALSE(fs::exists(ck / ".tmp-step-00000008"));
   ExpectSameFinalState("crash", 12);
+}
+
+// The run directory on a small filesystem made here (a tmpfs; mounting needs root, and the
+// test says so and skips elsewhere). A first run is stopped after step 6 (step 4 committed);
+// the filesystem is then filled until half a checkpoint is left. The resumed run fails at
+// step 8's save with an error naming the checkpoint directory, the space it needs and the
+// space free, and leaves step 4 committed and no partial save. Once the filler is gone the
+// same command resumes from step 4 and ends bitwise identical to the uninterrupted run.
+TEST_F(MpirunTrain, DiskFullAtACheckpointFailsWithTheSpaceNeededThenResumesWhenSpaceReturns) {
+  const fs::path mnt = root_ / "small-fs";
+  fs::create_directories(mnt);
+  if (::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=32m") != 0)
+    GTEST_SKIP() << "cannot mount a tmpfs at " << mnt << " (" << std::strerror(errno)
+                 << "): the disk-full test needs root";
+  struct Unmount {
+    fs::path dir;
+    ~Unmount() { ::umount2(dir.c_str(), MNT_DETACH); }
+  } unmount{mnt};
+  const std::string job = WriteJob("full", JobParams{});
+  const std::string run = "small-fs/run";
+  std::string log;
+  EXPECT_NE(Run(2, job, (root_ / run).string(), "VLORCH_FAULT=kill:rank=1:step=6", &log), 0) << log;
+  const fs::path ck = root_ / run / "stages" / "train" / "checkpoints";
+  ASSERT_TRUE(fs::exists(Ckpt(run, 4) / "manifest.json")) << log;
+  uint64_t ckpt_bytes = 0;
+  for (const auto& e : fs::directory_iterator(Ckpt(run, 4))) ckpt_bytes += fs::file_size(e.path());
+
+  // Leave half a checkpoint free.
+  struct statvfs st;
+  ASSERT_EQ(::statvfs(mnt.c_str(), &st), 0);
+  const uint64_t free_bytes = uint64_t{st.f_bavail} * st.f_frsize;
+  ASSERT_GT(free_bytes, ckpt_bytes);
+  const fs::path filler = mnt / "filler";
+  {
+    const int fd = ::open(filler.c_str(), O_CREAT | O_WRONLY, 0644);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::posix_fallocate(fd, 0, static_cast<off_t>(free_bytes - ckpt_bytes / 2)), 0);
+    ::close(fd);
+  }
+  EXPECT_NE(Run(2, job, (root_ / run).string(), "", &log), 0) << log;
+  EXPECT_NE(log.find("checkpoint step 8 of stage 'train' needs"), std::string::npos) << log;
+  EXPECT_NE(log.find("on the filesystem of " + ck.string() + ", which has"), std::string::npos) << log;
+  EXPECT_NE(log.find("resume the job"), std::string::npos) << log;
+  EXPECT_FALSE(fs::exists(ck / ".tmp-step-00000008"));
+  EXPECT_FALSE(fs::exists(ck / "step-00000008"));
+  EXPECT_EQ(ReadAll(ck / "latest"), "step-00000004\n");
+
+  fs::remove(filler);
+  ASSERT_EQ(Run(2, job, (root_ / run).string(), "", &log), 0) << log;
+  EXPECT_NE(log.find("(step 4)"), std::string::npos) << log;
+  ExpectSameFinalState(run, 12);
 }
 
 TEST_F(MpirunTrain, DamagedNewestCheckpointIsSkippedWithAMessage) {
