@@ -1087,10 +1087,9 @@ StatusOr<std::string> Coordinator::Submit(const SubmitRequest& req) {
   ASSIGN_OR_RETURN(JobSpec spec, LoadJobSpec(req.spec_path));
   ASSIGN_OR_RETURN(std::string yaml, ReadRegularFile(req.spec_path, kMaxJobSpecBytes));
   int np = req.np;
-  int slots = 0;
   if (!req.hostfile.empty()) {
     ASSIGN_OR_RETURN(std::vector<HostSlots> hosts, ParseHostfile(req.hostfile));
-    for (const auto& h : hosts) slots += h.slots;
+    const int slots = static_cast<int>(TotalSlots(hosts));  // <= kMaxHostfileSlots
     if (np == 0) np = slots;
     if (np > slots)
       return InvalidArgumentError(fmt::format("{} ranks asked but hostfile {} has {} slots: pass --np {} or add hosts",

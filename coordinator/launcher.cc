@@ -6,6 +6,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cstdlib>
 #include <fstream>
 #include <regex>
@@ -14,6 +16,7 @@
 #include <fmt/format.h>
 
 #include "common/durable_file.h"
+#include "common/utf8.h"
 
 extern char** environ;
 
@@ -29,12 +32,20 @@ StatusOr<std::vector<HostSlots>> ParseHostfile(const std::string& path) {
   std::vector<HostSlots> out;
   std::string line;
   int n = 0;
+  int64_t total = 0;
   while (std::getline(in, line)) {
     ++n;
     if (auto hash = line.find('#'); hash != std::string::npos) line.resize(hash);
     std::istringstream ss(line);
     std::string host, word;
     if (!(ss >> host)) continue;
+    const bool plain = host[0] != '-' && std::all_of(host.begin(), host.end(), [](char ch) {
+      return std::isalnum(static_cast<unsigned char>(ch)) || ch == '.' || ch == '-' || ch == '_' || ch == ':';
+    });
+    if (!plain || host.size() > 255)
+      return InvalidArgumentError(fmt::format("{}:{}: '{}' is not a host name or address (letters, digits, '.', '-', "
+                                              "'_', ':'; at most 255)",
+                                              path, n, SanitizeUtf8(host, 80)));
     HostSlots h;
     h.host = host;
     while (ss >> word) {
@@ -43,20 +54,28 @@ StatusOr<std::vector<HostSlots>> ParseHostfile(const std::string& path) {
       if (eq == std::string::npos || (key != "slots" && key != "max_slots" && key != "max-slots"))
         return InvalidArgumentError(fmt::format("{}:{}: '{}' is not slots=N or max_slots=N (Open MPI hostfile format: "
                                                 "`host slots=N`)",
-                                                path, n, word));
-      int v = 0;
-      try {
-        v = std::stoi(word.substr(eq + 1));
-      } catch (...) {
-        v = -1;
-      }
-      if (v <= 0) return InvalidArgumentError(fmt::format("{}:{}: {} must be a positive integer", path, n, key));
-      if (key == "slots") h.slots = v;
+                                                path, n, SanitizeUtf8(word, 80)));
+      const std::string value = word.substr(eq + 1);
+      int64_t v = -1;
+      if (!value.empty() && value.size() <= 9 && std::all_of(value.begin(), value.end(), ::isdigit))
+        v = std::stoll(value);
+      if (v <= 0 || v > kMaxHostfileSlots)
+        return InvalidArgumentError(fmt::format("{}:{}: {} must be an integer in [1, {}]", path, n, key, kMaxHostfileSlots));
+      if (key == "slots") h.slots = static_cast<int>(v);
     }
+    total += h.slots;
+    if (total > kMaxHostfileSlots)
+      return InvalidArgumentError(fmt::format("{}:{}: the hostfile's slots add up to more than {}", path, n, kMaxHostfileSlots));
     out.push_back(h);
   }
   if (out.empty()) return InvalidArgumentError(fmt::format("hostfile {} lists no hosts", path));
   return out;
+}
+
+int64_t TotalSlots(const std::vector<HostSlots>& hosts) {
+  int64_t total = 0;
+  for (const auto& h : hosts) total += h.slots;
+  return total;
 }
 
 std::vector<std::string> ComposeMpirun(const LaunchCommand& c) {

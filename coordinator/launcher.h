@@ -22,9 +22,15 @@ struct HostSlots {
 };
 
 // Open MPI hostfile: one host per line, optional `slots=N` (default 1) and `max_slots=M`,
-// `#` comments. Errors name the file and line. A regular file of at most kMaxHostfileBytes.
+// `#` comments. Errors name the file and line. A regular file of at most kMaxHostfileBytes;
+// a host is a name or address (letters, digits, '.', '-', '_', ':'; not starting with '-', so
+// it cannot read as an mpirun option); N and M at most kMaxHostfileSlots, and so is the total.
 inline constexpr size_t kMaxHostfileBytes = 1 << 20;
+inline constexpr int64_t kMaxHostfileSlots = 65536;
 StatusOr<std::vector<HostSlots>> ParseHostfile(const std::string& path);
+
+// The sum of the hosts' slots (64-bit: a parsed hostfile keeps it <= kMaxHostfileSlots).
+int64_t TotalSlots(const std::vector<HostSlots>& hosts);
 
 struct LaunchCommand {
   std::string mpirun = "mpirun";

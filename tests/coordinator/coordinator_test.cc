@@ -306,6 +306,26 @@ TEST(Launcher, HostfilesAndTheirErrors) {
   std::ofstream(dir / "zero") << "n1 slots=0\n";
   EXPECT_FALSE(ParseHostfile((dir / "zero").string()).ok());
   EXPECT_EQ(ParseHostfile((dir / "missing").string()).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(TotalSlots(*hosts), 7);
+  // Hostile ones: slot counts whose sum overflowed an int (found by the hostfile fuzz target's
+  // seed), a count past the limit, a "host" that reads as an mpirun option or holds a shell
+  // character, a non-number.
+  const std::vector<std::pair<std::string, std::string>> hostile = {
+      {"n1 slots=2147483647\nn2 slots=2147483647\n", "bad-host:1: slots must be an integer in [1, 65536]"},
+      {"n1 slots=40000\nn2 slots=40000\n", "bad-host:2: the hostfile's slots add up to more than 65536"},
+      {"n1 slots=99999999999999999999\n", "bad-host:1: slots must be an integer"},
+      {"n1 slots=4x\n", "bad-host:1: slots must be an integer"},
+      {"--mca slots=1\n", "bad-host:1: '--mca' is not a host name"},
+      {"n1;reboot\n", "bad-host:1: 'n1;reboot' is not a host name"},
+      {"n1\n\xff\xfe\n", "bad-host:2: '\xef\xbf\xbd\xef\xbf\xbd' is not a host name"},
+  };
+  for (const auto& [text, expect] : hostile) {
+    std::ofstream(dir / "bad-host", std::ios::trunc) << text;
+    auto h = ParseHostfile((dir / "bad-host").string());
+    ASSERT_FALSE(h.ok()) << text;
+    EXPECT_EQ(h.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(h.status().message().find(expect), std::string::npos) << h.status().message();
+  }
   fs::remove_all(dir);
 }
 
