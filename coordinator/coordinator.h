@@ -133,6 +133,11 @@ class Coordinator {
   std::string StatusPage();
   nlohmann::json Health();
 
+  // One HTTP request as the API serves it: Host/Origin checks, the token, then the route.
+  // What the HTTP server calls for each request; public for in-process callers (the HTTP
+  // fuzz target, tests/fuzz/fuzz_http_api.cc).
+  HttpResponse Route(const HttpRequest& request);
+
   int http_port() const;
   // The HTTP API token in force (given or made).
   const std::string& token() const { return token_; }
@@ -158,7 +163,6 @@ class Coordinator {
   // Under mu_: a fresh key pair for the job's new incarnation; its secret half goes to `env`.
   Status IssueIncarnationKey(JobRecord& job, std::map<std::string, std::string>* env);
   std::map<std::string, std::shared_ptr<const JobSpec>> PreloadAttachSpecs(const std::vector<ControlMessage>& batch);
-  HttpResponse Route(const HttpRequest& request);
   // Host/Origin checks and the token: a refusal, or nullopt with *authenticated set.
   std::optional<HttpResponse> Admit(const HttpRequest& request, bool* authenticated) const;
   Status SetUpToken();

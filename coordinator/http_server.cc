@@ -17,8 +17,6 @@ namespace beast = boost::beast;
 namespace http = beast::http;
 using tcp = asio::ip::tcp;
 
-constexpr size_t kBodyLimit = 1 << 20;
-
 std::string PercentDecode(std::string_view s) {
   std::string out;
   for (size_t i = 0; i < s.size(); ++i) {
@@ -35,15 +33,24 @@ std::string PercentDecode(std::string_view s) {
   return out;
 }
 
-HttpRequest Convert(const http::request<http::string_body>& req, const tcp::socket& socket) {
-  HttpRequest r;
+bool PeerIsLoopback(const tcp::socket& socket) {
   beast::error_code peer_ec;
   const tcp::endpoint peer = socket.remote_endpoint(peer_ec);
-  if (!peer_ec) {
-    const auto a = peer.address();
-    r.peer_loopback = a.is_loopback() || (a.is_v6() && a.to_v6().is_v4_mapped() &&
-                                          asio::ip::make_address_v4(asio::ip::v4_mapped, a.to_v6()).is_loopback());
-  }
+  if (peer_ec) return false;
+  const auto a = peer.address();
+  return a.is_loopback() || (a.is_v6() && a.to_v6().is_v4_mapped() &&
+                             asio::ip::make_address_v4(asio::ip::v4_mapped, a.to_v6()).is_loopback());
+}
+
+// The one parser configuration, for sockets and for ParseHttpRequest.
+void Configure(http::request_parser<http::string_body>& parser) {
+  parser.body_limit(kHttpBodyLimit);
+  parser.header_limit(kHttpHeaderLimit);
+}
+
+HttpRequest Convert(const http::request<http::string_body>& req, bool peer_loopback) {
+  HttpRequest r;
+  r.peer_loopback = peer_loopback;
   if (auto it = req.find(http::field::host); it != req.end()) r.host = std::string(it->value());
   if (auto it = req.find(http::field::origin); it != req.end()) r.origin = std::string(it->value()), r.has_origin = true;
   r.method = std::string(req.method_string());
@@ -75,8 +82,7 @@ class Session : public std::enable_shared_from_this<Session> {
  private:
   void Read() {
     parser_.emplace();
-    parser_->body_limit(kBodyLimit);
-    parser_->header_limit(16 * 1024);
+    Configure(*parser_);
     stream_.expires_after(std::chrono::seconds(30));
     http::async_read(stream_, buffer_, *parser_,
                      [self = shared_from_this()](beast::error_code ec, size_t) { self->OnRead(ec); });
@@ -90,14 +96,14 @@ class Session : public std::enable_shared_from_this<Session> {
     HttpResponse out;
     bool keep_alive = false;
     if (ec == http::error::body_limit) {
-      out = JsonError(413, fmt::format("request body over {} bytes", kBodyLimit));
+      out = JsonError(413, fmt::format("request body over {} bytes", kHttpBodyLimit));
     } else if (ec) {
       out = JsonError(400, fmt::format("malformed HTTP request: {}", ec.message()));
     } else {
       const auto& req = parser_->get();
       keep_alive = req.keep_alive();
       try {
-        out = (*handler_)(Convert(req, stream_.socket()));
+        out = (*handler_)(Convert(req, PeerIsLoopback(stream_.socket())));
       } catch (const std::exception& e) {
         out = JsonError(500, fmt::format("internal error: {}", e.what()));
       }
@@ -185,6 +191,27 @@ HttpResponse JsonError(int status, const std::string& message) {
   r.status = status;
   r.body = nlohmann::json{{"error", message}}.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   return r;
+}
+
+StatusOr<HttpRequest> ParseHttpRequest(std::string_view bytes, bool peer_loopback) {
+  if (bytes.empty()) return InvalidArgumentError("malformed HTTP request: no bytes");
+  http::request_parser<http::string_body> parser;
+  Configure(parser);
+  parser.eager(true);
+  beast::error_code ec;
+  while (!bytes.empty() && !parser.is_done()) {
+    const size_t used = parser.put(asio::buffer(bytes.data(), bytes.size()), ec);
+    if (ec == http::error::need_more) {
+      ec = {};
+      if (used == 0) break;  // an incomplete message: the end of the bytes decides
+    }
+    if (ec) break;
+    bytes.remove_prefix(used);
+  }
+  if (!ec && !parser.is_done()) parser.put_eof(ec);
+  if (ec == http::error::body_limit) return InvalidArgumentError(fmt::format("request body over {} bytes", kHttpBodyLimit));
+  if (ec || !parser.is_done()) return InvalidArgumentError(fmt::format("malformed HTTP request: {}", ec ? ec.message() : "incomplete"));
+  return Convert(parser.get(), peer_loopback);
 }
 
 StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string& address, int port, Handler handler) {

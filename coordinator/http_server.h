@@ -7,6 +7,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "common/status.h"
 #include "coordinator/http_client.h"
@@ -32,6 +33,15 @@ struct HttpResponse {
 };
 
 HttpResponse JsonError(int status, const std::string& message);
+
+// What the server accepts of one request: headers up to 16 KiB, a body up to 1 MiB (413 over).
+inline constexpr size_t kHttpHeaderLimit = 16 * 1024;
+inline constexpr size_t kHttpBodyLimit = 1 << 20;
+
+// Parses one HTTP/1.1 request from `bytes` with the parser and limits the server applies to
+// its sockets, into what a Handler sees. InvalidArgument when the bytes are not one complete
+// request within the limits. For in-process callers (the HTTP fuzz target).
+StatusOr<HttpRequest> ParseHttpRequest(std::string_view bytes, bool peer_loopback);
 
 class HttpServer {
  public:

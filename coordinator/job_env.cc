@@ -105,7 +105,10 @@ Status CheckOperatorAllowList(const std::vector<std::string>& operator_allowed) 
 }
 
 Status CheckJobEnv(const std::map<std::string, std::string>& env, const std::vector<std::string>& operator_allowed) {
-  for (const auto& [name, value] : env) {
+  for (const auto& entry : env) {
+    // Not a structured binding: lambdas may not capture those in C++17 (clang refuses).
+    const std::string& name = entry.first;
+    const std::string& value = entry.second;
     if (!ValidName(name))
       return InvalidArgumentError(fmt::format("environment variable name '{}' is not valid (letters, digits and '_', "
                                               "not starting with a digit, at most 128 characters)",

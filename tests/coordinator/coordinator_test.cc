@@ -288,6 +288,40 @@ TEST(StateStore, JobsEventsAndRanksSurviveReopen) {
   fs::remove_all(dir);
 }
 
+// ---------------------------------------------------------------- HTTP requests
+
+// ParseHttpRequest is the server's parser and limits on a byte string (what the HTTP fuzz
+// target feeds the routes with): what a handler sees, or an error for bytes that are not one
+// complete request within the limits.
+TEST(HttpRequests, ParsedAsTheServerParsesThem) {
+  auto r = ParseHttpRequest("POST /api/jobs/a%2Fb/logs?rank=1&stream=std+err HTTP/1.1\r\nHost: localhost:7010\r\n"
+                            "Origin: http://localhost:7010\r\nAuthorization: Bearer t\r\nTransfer-Encoding: chunked\r\n"
+                            "\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+                            /*peer_loopback=*/true);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->method, "POST");
+  EXPECT_EQ(r->path, "/api/jobs/a/b/logs");
+  EXPECT_EQ(r->query.at("rank"), "1");
+  EXPECT_EQ(r->query.at("stream"), "std err");
+  EXPECT_EQ(r->body, "abcde");
+  EXPECT_EQ(r->host, "localhost:7010");
+  EXPECT_TRUE(r->has_origin);
+  EXPECT_EQ(r->authorization, "Bearer t");
+  EXPECT_TRUE(r->peer_loopback);
+  // Cut short, malformed, or over a limit: refused, not half-parsed.
+  EXPECT_FALSE(ParseHttpRequest("GET /api/jobs HTTP/1.1\r\nHost: x\r\n", true).ok());
+  EXPECT_FALSE(ParseHttpRequest("POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc", true).ok());
+  EXPECT_FALSE(ParseHttpRequest("GET / HTTP/1.1\r\nHost x\r\n\r\n", true).ok());
+  EXPECT_FALSE(ParseHttpRequest("", true).ok());
+  const std::string big_header = "GET / HTTP/1.1\r\nX-A: " + std::string(kHttpHeaderLimit, 'a') + "\r\n\r\n";
+  EXPECT_FALSE(ParseHttpRequest(big_header, true).ok());
+  const std::string big_body =
+      fmt::format("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", kHttpBodyLimit + 1) + std::string(kHttpBodyLimit + 1, 'b');
+  auto over = ParseHttpRequest(big_body, true);
+  ASSERT_FALSE(over.ok());
+  EXPECT_NE(over.status().message().find("request body over 1048576 bytes"), std::string::npos) << over.status().message();
+}
+
 // ---------------------------------------------------------------- launcher
 
 TEST(Launcher, HostfilesAndTheirErrors) {
