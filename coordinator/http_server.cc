@@ -76,7 +76,8 @@ HttpRequest Convert(const http::request<http::string_body>& req, bool peer_loopb
 
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(tcp::socket socket, const HttpServer::Handler* handler) : stream_(std::move(socket)), handler_(handler) {}
+  Session(tcp::socket socket, const HttpServer::Handler* handler, asio::thread_pool* workers)
+      : stream_(std::move(socket)), handler_(handler), workers_(workers) {}
   void Start() { Read(); }
 
  private:
@@ -93,21 +94,27 @@ class Session : public std::enable_shared_from_this<Session> {
       Close();
       return;
     }
-    HttpResponse out;
-    bool keep_alive = false;
-    if (ec == http::error::body_limit) {
-      out = JsonError(413, fmt::format("request body over {} bytes", kHttpBodyLimit));
-    } else if (ec) {
-      out = JsonError(400, fmt::format("malformed HTTP request: {}", ec.message()));
-    } else {
-      const auto& req = parser_->get();
-      keep_alive = req.keep_alive();
+    if (ec == http::error::body_limit) return Write(JsonError(413, fmt::format("request body over {} bytes", kHttpBodyLimit)), false);
+    if (ec) return Write(JsonError(400, fmt::format("malformed HTTP request: {}", ec.message())), false);
+    const auto& req = parser_->get();
+    const bool keep_alive = req.keep_alive();
+    // The handler runs on the worker pool, not this I/O thread: one that reads a submitted
+    // spec or hostfile from a slow disk, or waits for the job table, holds up only its own
+    // connection while the others (health checks, status polls, /metrics) are still served.
+    // Its response is written back on the I/O thread.
+    asio::post(*workers_, [self = shared_from_this(), r = Convert(req, PeerIsLoopback(stream_.socket())), keep_alive] {
+      HttpResponse out;
       try {
-        out = (*handler_)(Convert(req, PeerIsLoopback(stream_.socket())));
+        out = (*self->handler_)(r);
       } catch (const std::exception& e) {
         out = JsonError(500, fmt::format("internal error: {}", e.what()));
       }
-    }
+      asio::post(self->stream_.get_executor(),
+                 [self, out = std::move(out), keep_alive]() mutable { self->Write(std::move(out), keep_alive); });
+    });
+  }
+
+  void Write(HttpResponse out, bool keep_alive) {
     res_ = std::make_shared<http::response<http::string_body>>(static_cast<http::status>(out.status), 11);
     res_->set(http::field::server, "vlorch-coordinator");
     res_->set(http::field::content_type, out.content_type);
@@ -134,6 +141,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::optional<http::request_parser<http::string_body>> parser_;
   std::shared_ptr<http::response<http::string_body>> res_;
   const HttpServer::Handler* handler_;
+  asio::thread_pool* workers_;
 };
 
 class BeastServer : public HttpServer {
@@ -166,17 +174,22 @@ class BeastServer : public HttpServer {
     if (stopped_.exchange(true)) return;
     ioc_.stop();
     if (thread_.joinable()) thread_.join();
+    // Handlers still running finish (their responses are dropped with the I/O context); none
+    // starts after this.
+    workers_.stop();
+    workers_.join();
   }
 
  private:
   void Accept() {
     acceptor_.async_accept([this](beast::error_code ec, tcp::socket socket) {
-      if (!ec) std::make_shared<Session>(std::move(socket), &handler_)->Start();
+      if (!ec) std::make_shared<Session>(std::move(socket), &handler_, &workers_)->Start();
       if (!stopped_) Accept();
     });
   }
 
   Handler handler_;
+  asio::thread_pool workers_{kHttpHandlerThreads};
   asio::io_context ioc_{1};
   tcp::acceptor acceptor_;
   std::thread thread_;

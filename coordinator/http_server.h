@@ -1,6 +1,8 @@
 // A small HTTP/1.1 server on Boost.Asio/Beast for the coordinator's API: one I/O thread,
 // keep-alive, a 1 MiB body limit, a 30 s timeout per read and write, and a handler that turns
-// one request into one response. Beast stays in http_server.cc and http_client.cc.
+// one request into one response. Handlers run on kHttpHandlerThreads worker threads (so they
+// must be thread-safe), never on the I/O thread: a slow one (a spec on a slow disk) delays
+// its own connection only. Beast stays in http_server.cc and http_client.cc.
 #pragma once
 
 #include <functional>
@@ -37,6 +39,8 @@ HttpResponse JsonError(int status, const std::string& message);
 // What the server accepts of one request: headers up to 16 KiB, a body up to 1 MiB (413 over).
 inline constexpr size_t kHttpHeaderLimit = 16 * 1024;
 inline constexpr size_t kHttpBodyLimit = 1 << 20;
+// Requests handled at once; more wait for a free thread while the I/O thread keeps reading.
+inline constexpr int kHttpHandlerThreads = 4;
 
 // Parses one HTTP/1.1 request from `bytes` with the parser and limits the server applies to
 // its sockets, into what a Handler sees. InvalidArgument when the bytes are not one complete

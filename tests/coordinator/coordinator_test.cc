@@ -9,8 +9,10 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <cmath>
 #include <limits>
+#include <mutex>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -320,6 +322,52 @@ TEST(HttpRequests, ParsedAsTheServerParsesThem) {
   auto over = ParseHttpRequest(big_body, true);
   ASSERT_FALSE(over.ok());
   EXPECT_NE(over.status().message().find("request body over 1048576 bytes"), std::string::npos) << over.status().message();
+}
+
+// A handler stuck on a slow read (a submitted spec on a hung file system) holds up its own
+// connection only: the server runs handlers off its I/O thread, so a health check on another
+// connection is answered meanwhile, and the stuck one is answered once it returns.
+TEST(HttpRequests, ASlowHandlerDoesNotHoldUpOtherConnections) {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool slow_entered = false, release = false;
+  auto server = HttpServer::Start("127.0.0.1", 0, [&](const HttpRequest& r) {
+    HttpResponse out;
+    if (r.path == "/slow") {
+      std::unique_lock<std::mutex> lock(mu);
+      slow_entered = true;
+      cv.notify_all();
+      cv.wait(lock, [&] { return release; });
+      out.body = "slow done";
+    } else {
+      out.body = "fast";
+    }
+    return out;
+  });
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  const int port = (*server)->port();
+  std::thread slow([&] {
+    auto r = HttpCall("127.0.0.1", port, "GET", "/slow", "", "", 30);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_EQ(r->body, "slow done");
+  });
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(30), [&] { return slow_entered; }));
+  }
+  // While /slow is inside its handler: several other requests are answered.
+  for (int i = 0; i < 3; ++i) {
+    auto fast = HttpCall("127.0.0.1", port, "GET", "/fast", "", "", 10);
+    ASSERT_TRUE(fast.ok()) << fast.status().ToString();
+    EXPECT_EQ(fast->body, "fast");
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    release = true;
+  }
+  cv.notify_all();
+  slow.join();
+  (*server)->Stop();
 }
 
 // ---------------------------------------------------------------- launcher
