@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <regex>
@@ -36,6 +37,7 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr size_t kMaxJobs = 100000;
+constexpr size_t kMaxAttachNames = 4096;
 constexpr int kMaxRanksPerJob = 65536;
 // Text from worker messages kept in records and events (causes, stage names, paths).
 constexpr size_t kMaxCauseBytes = 2000;
@@ -485,7 +487,9 @@ void Coordinator::Transition(JobRecord& job, JobState to) {
 
 Status Coordinator::Recover() {
   ASSIGN_OR_RETURN(std::vector<JobRecord> jobs, store_->LoadJobs());
+  ASSIGN_OR_RETURN(std::set<std::string> attach_names, store_->LoadAttachNames());
   std::lock_guard<std::mutex> lock(mu_);
+  attach_names_ = std::move(attach_names);
   const double now = Now();
   for (auto& loaded : jobs) {
     auto [it, inserted] = jobs_.emplace(loaded.id, std::move(loaded));
@@ -549,6 +553,13 @@ void Coordinator::Handle(const ControlMessage& m, const std::string& peer,
   if (job == nullptr) {
     if (m.type != MessageType::kRegister || !m.attach || jobs_.size() >= kMaxJobs) {
       ++msgs_unknown_job_;
+      return;
+    }
+    if (!options_.open_attach && attach_names_.count(m.job) == 0) {
+      if (msgs_refused_++ % 1000 == 0)
+        VLOG_WARNING("control plane: refused to attach job {}: the name is not registered (run `vlorch attach {}` "
+                     "before starting its mpirun)",
+                     m.job, m.job);
       return;
     }
     const int attached = static_cast<int>(std::count_if(jobs_.begin(), jobs_.end(), [](const auto& kv) {
@@ -1146,6 +1157,29 @@ StatusOr<std::string> Coordinator::Submit(const SubmitRequest& req) {
   return id;
 }
 
+Status Coordinator::RegisterAttach(const std::string& name) {
+  if (!IsValidJobId(name))
+    return InvalidArgumentError(fmt::format("'{}' is not a job name (letters, digits, '.', '_', '-'; not starting "
+                                            "with '.')",
+                                            SanitizeUtf8(name, 80)));
+  std::lock_guard<std::mutex> lock(mu_);
+  if (attach_names_.count(name)) return Status::OK();
+  if (attach_names_.size() >= kMaxAttachNames)
+    return UnavailableError(fmt::format("{} job names are registered for attach mode, the most this coordinator "
+                                        "keeps",
+                                        kMaxAttachNames));
+  std::set<std::string> next = attach_names_;
+  next.insert(name);
+  RETURN_IF_ERROR(store_->PutAttachNames(next));  // persisted before it takes effect
+  attach_names_ = std::move(next);
+  return Status::OK();
+}
+
+std::vector<std::string> Coordinator::AttachNames() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return {attach_names_.begin(), attach_names_.end()};
+}
+
 Status Coordinator::Cancel(const std::string& id) {
   std::lock_guard<std::mutex> lock(mu_);
   JobRecord* job = Find(id);
@@ -1481,6 +1515,13 @@ HttpResponse Coordinator::Route(const HttpRequest& req) {
     auto id = Submit(s);
     if (!id.ok()) return FromStatus(id.status());
     return JsonOk({{"id", *id}}, 201);
+  }
+  if (p == "/api/attach") return method_is("GET") ? JsonOk({{"names", AttachNames()}}) : wrong_method();
+  if (p.rfind("/api/attach/", 0) == 0) {
+    if (!method_is("POST")) return wrong_method();
+    const std::string name = p.substr(std::strlen("/api/attach/"));
+    Status s = RegisterAttach(name);
+    return s.ok() ? JsonOk({{"ok", true}, {"name", name}}, 201) : FromStatus(s);
   }
   const std::string prefix = "/api/jobs/";
   if (p.rfind(prefix, 0) == 0) {

@@ -15,6 +15,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <utility>
@@ -71,6 +72,11 @@ struct CoordinatorOptions {
   // Jobs started outside the coordinator (attach mode) tracked at once; registrations of
   // more are dropped and counted. Default 64.
   int max_attached_jobs = 64;
+  // Attach mode for any job name, as long as the ranks hold the attach key. Default false: a
+  // job name must first be registered by a caller of the API (RegisterAttach, `vlorch attach
+  // NAME`); ranks attaching under another name are dropped and counted, so the attach key
+  // alone (a copy left on a shared node, say) cannot make the coordinator track jobs.
+  bool open_attach = false;
   // vlorch-worker to launch. Default: next to the running executable.
   std::string worker_binary;
   // mpirun to launch with. Default "mpirun" from PATH.
@@ -120,6 +126,11 @@ class Coordinator {
   void RequestShutdown();
 
   StatusOr<std::string> Submit(const SubmitRequest& request);
+  // Registers `name` for attach mode (docs/security.md#control-plane), durably: ranks of the
+  // user's own mpirun may then attach a job of that name. Idempotent. InvalidArgument for a
+  // name that is not a job id; Unavailable past kMaxAttachNames registrations.
+  Status RegisterAttach(const std::string& name);
+  std::vector<std::string> AttachNames();
   Status Cancel(const std::string& id);
   Status Resume(const std::string& id);
   // GET /api/jobs/ID: the job record (docs/cli.md) with eta_seconds and ranks[] (each with
@@ -197,6 +208,7 @@ class Coordinator {
   std::string zmq_bound_;
   std::mutex mu_;
   std::map<std::string, JobRecord> jobs_;
+  std::set<std::string> attach_names_;  // registered for attach mode
   struct Runtime {
     bool adopted = false;            // mpirun not our child (coordinator restarted)
     double stop_requested_at = 0;    // SIGTERM sent; SIGKILL after the grace period

@@ -5,6 +5,8 @@
 #include <rocksdb/options.h>
 #include <rocksdb/write_batch.h>
 
+#include "jobs/control_protocol.h"
+
 namespace vlorch::coord {
 namespace {
 
@@ -137,6 +139,23 @@ StatusOr<int64_t> StateStore::NextJobNumber() {
   else if (!s.IsNotFound()) return FromRocks(s, "reading the job counter");
   RETURN_IF_ERROR(Put("meta/next_job_number", std::to_string(next + 1), true));
   return next;
+}
+
+Status StateStore::PutAttachNames(const std::set<std::string>& names) {
+  return Put("meta/attach_names", nlohmann::json(names).dump(), true);
+}
+
+StatusOr<std::set<std::string>> StateStore::LoadAttachNames() {
+  std::string value;
+  rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), "meta/attach_names", &value);
+  if (s.IsNotFound()) return std::set<std::string>();
+  if (!s.ok()) return FromRocks(s, "reading the attach registrations");
+  auto j = nlohmann::json::parse(value, nullptr, false);
+  std::set<std::string> names;
+  if (j.is_array())
+    for (const auto& n : j)
+      if (n.is_string() && IsValidJobId(n.get<std::string>())) names.insert(n.get<std::string>());
+  return names;
 }
 
 }  // namespace vlorch::coord

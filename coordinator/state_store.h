@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -48,6 +49,9 @@ class StateStore {
   Status PutRanks(const std::string& job_id, const std::vector<RankInfo>& ranks);
   StatusOr<std::vector<RankInfo>> LoadRanks(const std::string& job_id);
   StatusOr<int64_t> NextJobNumber();
+  // Job names registered for attach mode (Coordinator::RegisterAttach), one synced key.
+  Status PutAttachNames(const std::set<std::string>& names);
+  StatusOr<std::set<std::string>> LoadAttachNames();
 
  private:
   explicit StateStore(std::unique_ptr<rocksdb::DB> db);

@@ -212,7 +212,7 @@ void AddClientFlags(CLI::App* cmd, Client* client) {
 
 bool IsClientCommand(int argc, char** argv) {
   if (argc < 2) return false;
-  for (const char* c : {"jobs", "status", "events", "cancel", "resume", "logs"})
+  for (const char* c : {"jobs", "status", "events", "cancel", "resume", "logs", "attach"})
     if (std::strcmp(argv[1], c) == 0) return true;
   return argc >= 3 && std::strcmp(argv[1], "coordinator") == 0 &&
          (std::strcmp(argv[2], "stop") == 0 || std::strcmp(argv[2], "status") == 0);
@@ -285,6 +285,15 @@ std::shared_ptr<Client> AddClientCommands(CLI::App& app, int* rc) {
     Show(*client, "GET", fmt::format("/api/jobs/{}/events", *job_id), rc, [](const json& r) {
       for (const auto& e : r) std::printf("%s\n", FormatEvent(e).c_str());
     });
+  });
+
+  auto* attach = app.add_subcommand("attach", "register a job name for attach mode: ranks of your own mpirun "
+                                              "(vlorch-worker --coordinator) may then report a job of that name");
+  attach->add_option("name", *job_id, "the job's name (its spec's `name:`)")->required();
+  AddClientFlags(attach, client.get());
+  attach->callback([client, job_id, rc] {
+    Show(*client, "POST", fmt::format("/api/attach/{}", *job_id), rc,
+         [&](const json&) { std::printf("registered %s for attach mode\n", job_id->c_str()); });
   });
 
   for (const char* verb : {"cancel", "resume"}) {

@@ -122,6 +122,7 @@ struct CoordinatorFlags {
   int restart_budget = 3;
   bool foreground = false;
   bool public_read = false;
+  bool open_attach = false;
   std::vector<std::string> allow_env;
   std::string run_root;
 };
@@ -140,6 +141,9 @@ void AddCoordinatorFlags(CLI::App* cmd, CoordinatorFlags* f, bool with_state_dir
   cmd->add_option("--run-root", f->run_root, "refuse jobs whose run_dir lies outside this folder");
   cmd->add_flag("--public-read", f->public_read,
                 "serve the status page, /metrics and job views without a token to loopback peers");
+  cmd->add_flag("--open-attach", f->open_attach,
+                "let ranks holding the attach key attach a job of any name (default: only names registered with "
+                "`vlorch attach NAME`)");
 }
 
 StatusOr<coord::CoordinatorOptions> MakeOptions(const Client& c, const CoordinatorFlags& f) {
@@ -155,6 +159,7 @@ StatusOr<coord::CoordinatorOptions> MakeOptions(const Client& c, const Coordinat
   o.default_restart_budget = f.restart_budget;
   o.allow_env = f.allow_env;
   o.public_read = f.public_read;
+  o.open_attach = f.open_attach;
   o.run_root = f.run_root;
   return o;
 }

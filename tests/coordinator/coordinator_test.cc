@@ -492,6 +492,7 @@ class LiveCoordinator : public ::testing::Test {
     auto c = Coordinator::Start(o);
     ASSERT_TRUE(c.ok()) << c.status().ToString();
     coord_ = std::move(*c);
+    ASSERT_TRUE(coord_->RegisterAttach("attached-job").ok());  // the FakeRanks' job
   }
   void TearDown() override {
     coord_.reset();

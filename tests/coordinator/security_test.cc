@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -109,10 +110,16 @@ class Secured : public ::testing::Test {
     ::unsetenv("VLORCH_HOME");
     fs::remove_all(dir_);
   }
+  // Starts the coordinator and registers the attach names these tests' ranks use, so that
+  // what a test refuses is refused for the reason it tests (see AnAttachUnderAnUnregistered...).
   void Start() {
+    sock_.reset();  // a restarted coordinator listens on a new port
     auto c = Coordinator::Start(options_);
     ASSERT_TRUE(c.ok()) << c.status().ToString();
     coord_ = std::move(*c);
+    for (std::string name : {"attached", "utf8-job", "fifo-job", "dev-job", "plain-job", "stranger-job", "known-job"})
+      ASSERT_TRUE(coord_->RegisterAttach(name).ok());
+    for (int j = 0; j < 10; ++j) ASSERT_TRUE(coord_->RegisterAttach(fmt::format("flood-{}", j)).ok());
   }
   HttpResult Http(const std::string& method, const std::string& target, const std::string& body = "",
                   const std::string& token = "<own>") {
@@ -533,6 +540,49 @@ TEST_F(Secured, PeersWithoutAKnownKeyAreNotHeard) {
   Start();
   EXPECT_EQ(coord_->attach_credentials().server_public, before.server_public);
   EXPECT_EQ(coord_->attach_credentials().public_key, before.public_key);
+}
+
+// The attach key alone does not make the coordinator track a job: the name must have been
+// registered over the API (with the token) first. Registrations survive a restart; with
+// open_attach any name is taken as before.
+TEST_F(Secured, AnAttachUnderAnUnregisteredNameIsRefusedAndCounted) {
+  Start();
+  const int refused_before = Health()["messages"]["refused"].get<int>();
+  Send(Register("newcomer", 0, 1, 1));
+  ASSERT_TRUE(Eventually([&] { return Health()["messages"]["refused"].get<int>() == refused_before + 1; }))
+      << Health().dump();
+  EXPECT_EQ(Http("GET", "/api/jobs/newcomer").status, 404);
+  // Registering takes the token, and a job name.
+  EXPECT_EQ(Http("POST", "/api/attach/newcomer", "", "").status, 401);
+  EXPECT_EQ(Http("POST", "/api/attach/..%2Fetc", "").status, 400);
+  EXPECT_EQ(Http("GET", "/api/attach", "", "").status, 401);
+  ASSERT_EQ(Http("POST", "/api/attach/newcomer").status, 201);
+  EXPECT_EQ(Http("POST", "/api/attach/newcomer").status, 201);  // idempotent
+  Send(Register("newcomer", 0, 1, 1));
+  ASSERT_TRUE(Eventually([&] { return Http("GET", "/api/jobs/newcomer").status == 200; }));
+  EXPECT_TRUE(json::parse(Http("GET", "/api/jobs/newcomer").body)["attached"].get<bool>());
+  // Durable: a restarted coordinator still knows the name.
+  coord_.reset();
+  Start();
+  const auto names = json::parse(Http("GET", "/api/attach").body)["names"];
+  EXPECT_NE(std::find(names.begin(), names.end(), "newcomer"), names.end()) << names.dump();
+  // The CLI registers too (`vlorch attach NAME`, token found as the same user).
+  const std::string cmd = fmt::format("{} attach cli-job --coordinator 127.0.0.1:{} --token {} 2>&1", VLORCH_CLI,
+                                      coord_->http_port(), coord_->token());
+  FILE* p = ::popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[4096];
+  for (size_t n; (n = std::fread(buf, 1, sizeof(buf), p)) > 0;) out.append(buf, n);
+  EXPECT_EQ(WEXITSTATUS(::pclose(p)), 0) << out;
+  EXPECT_NE(out.find("registered cli-job for attach mode"), std::string::npos) << out;
+  const auto after = json::parse(Http("GET", "/api/attach").body)["names"];
+  EXPECT_NE(std::find(after.begin(), after.end(), "cli-job"), after.end()) << after.dump();
+  // open_attach: any name, as long as the ranks hold the attach key.
+  coord_.reset();
+  options_.open_attach = true;
+  Start();
+  Send(Register("anyone", 0, 1, 1));
+  ASSERT_TRUE(Eventually([&] { return Http("GET", "/api/jobs/anyone").status == 200; }));
 }
 
 TEST_F(Secured, TheAttachKeyCannotSpeakForALaunchedJob) {

@@ -324,6 +324,15 @@ int main(int argc, char** argv) {
     }
     g_curve = **found;
   }
+  // The load's job names, registered for attach mode as a user would (`vlorch attach NAME`).
+  for (int j = 0; j * per_job < ranks; ++j) {
+    auto r = vlorch::coord::HttpCall("127.0.0.1", http, "POST", fmt::format("/api/attach/load-{}", j), "",
+                                     vlorch::coord::DiscoverToken("127.0.0.1", http));
+    if (!r.ok() || r->status != 201) {
+      std::fprintf(stderr, "could not register load-%d for attach mode\n", j);
+      return 1;
+    }
+  }
 
   // Capacity: as fast as the generators can send.
   uint64_t before = MessagesOk(http);
