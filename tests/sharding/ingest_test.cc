@@ -4,7 +4,6 @@
 #include "sharding/ingest.h"
 
 #include <fcntl.h>
-#include <sys/mount.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -19,6 +18,7 @@
 #include "common/disk_space.h"
 #include "common/hash.h"
 #include "sharding/dataset_gen.h"
+#include "tests/common/small_filesystem.h"
 #include "sharding/readers.h"
 
 #include <rocksdb/db.h>
@@ -439,14 +439,8 @@ TEST(IngestTest, DiskFullStopsNamingTheSpaceNeededKeepsWhatWasCommittedAndResume
   ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << st;
 
   const std::string mnt = root + "/small-fs";
-  std::filesystem::create_directories(mnt);
-  if (::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=1m") != 0)
-    GTEST_SKIP() << "cannot mount a tmpfs at " << mnt << " (" << std::strerror(errno)
-                 << "): the disk-full test needs root";
-  struct Unmount {
-    std::string dir;
-    ~Unmount() { ::umount2(dir.c_str(), MNT_DETACH); }
-  } unmount{mnt};
+  vlorch::test_support::SmallFilesystem small(mnt, "size=1m");
+  if (!small.ok()) GTEST_SKIP() << small.why();
   const std::string store = mnt + "/store";
   args[5] = store;
   std::string out;
@@ -482,7 +476,7 @@ TEST(IngestTest, DiskFullStopsNamingTheSpaceNeededKeepsWhatWasCommittedAndResume
   EXPECT_LT(kept, g.good);
 
   // 3. Space returns: the same command resumes and finishes.
-  ASSERT_EQ(::mount("tmpfs", mnt.c_str(), "tmpfs", MS_REMOUNT, "size=64m"), 0) << std::strerror(errno);
+  ASSERT_EQ(small.Remount("size=64m"), 0);
   st = RunCli(args, "", &out);
   ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << out;
   ShardStoreOptions ro;

@@ -1,5 +1,4 @@
 #include <fcntl.h>
-#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -21,6 +20,7 @@
 
 #include "common/host.h"
 #include "jobs/job_state.h"
+#include "tests/common/small_filesystem.h"
 #include "worker/checkpoint/checkpoint.h"
 #include "worker/checkpoint/run_dir_lock.h"
 #include "worker/checkpoint/trainer_state.h"
@@ -604,30 +604,7 @@ TEST_F(CheckpointTest, DamagedSealAndLatestAreReportedNotThrown) {
   EXPECT_FALSE(ReadPreemptionRecord(run, "s").has_value());
 }
 
-// A tmpfs mounted over `dir` for one test, unmounted when it goes out of scope. Mounting
-// needs root (CI runs as root); elsewhere ok() is false and the test skips, saying why.
-class SmallFilesystem {
- public:
-  SmallFilesystem(const fs::path& dir, const std::string& options) : dir_(dir) {
-    fs::create_directories(dir);
-    if (::mount("tmpfs", dir.c_str(), "tmpfs", 0, options.c_str()) == 0) {
-      mounted_ = true;
-    } else {
-      why_ = fmt::format("cannot mount a tmpfs at {} ({}): the disk-full tests need root", dir.string(),
-                         std::strerror(errno));
-    }
-  }
-  ~SmallFilesystem() {
-    if (mounted_) ::umount2(dir_.c_str(), MNT_DETACH);
-  }
-  bool ok() const { return mounted_; }
-  const std::string& why() const { return why_; }
-
- private:
-  fs::path dir_;
-  bool mounted_ = false;
-  std::string why_;
-};
+using vlorch::test_support::SmallFilesystem;
 
 // About 1.25 MiB: two 640 KiB tensors.
 CheckpointPayload LargePayload(float v) {

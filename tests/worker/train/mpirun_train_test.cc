@@ -2,7 +2,6 @@
 // checkpoint write, SIGTERM preemption, and a damaged shard. Every run trains the same tiny
 // BLIP-2-style model on JPEGs generated here, on CPU, where training is bitwise reproducible.
 #include <fcntl.h>
-#include <sys/mount.h>
 #include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -20,6 +19,7 @@
 #include "sharding/dataset_gen.h"
 #include "sharding/ingest.h"
 #include "sharding/shard_store.h"
+#include "tests/common/small_filesystem.h"
 #include "common/host.h"
 #include "worker/checkpoint/checkpoint.h"
 #include "worker/checkpoint/run_dir_lock.h"
@@ -224,14 +224,8 @@ TEST_F(MpirunTrain, CrashDuringCheckpointWriteResumesFromThePreviousOne) {
 // same command resumes from step 4 and ends bitwise identical to the uninterrupted run.
 TEST_F(MpirunTrain, DiskFullAtACheckpointFailsWithTheSpaceNeededThenResumesWhenSpaceReturns) {
   const fs::path mnt = root_ / "small-fs";
-  fs::create_directories(mnt);
-  if (::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=32m") != 0)
-    GTEST_SKIP() << "cannot mount a tmpfs at " << mnt << " (" << std::strerror(errno)
-                 << "): the disk-full test needs root";
-  struct Unmount {
-    fs::path dir;
-    ~Unmount() { ::umount2(dir.c_str(), MNT_DETACH); }
-  } unmount{mnt};
+  test_support::SmallFilesystem small(mnt, "size=32m");
+  if (!small.ok()) GTEST_SKIP() << small.why();
   const std::string job = WriteJob("full", JobParams{});
   const std::string run = "small-fs/run";
   std::string log;
