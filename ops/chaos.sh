@@ -10,10 +10,11 @@
 #   rank         kill -9 of a random rank's pid (from `vlorch status --json`), any stage
 #   coordinator  kill -9 of the coordinator daemon, restarted on the same state; it adopts
 #                the running mpirun
-#   checkpoint   a rank killed halfway through writing a checkpoint (VLORCH_FAULT ...
+#   checkpoint   rank 0 (the writer) killed halfway through writing a checkpoint (VLORCH_FAULT ...
 #                during=checkpoint-write, first launch only)
-#   transform    a rank killed inside the transform's commit (VLORCH_FAULT ... during=commit)
+#   transform    rank 0 killed inside the transform's commit (VLORCH_FAULT ... during=commit)
 # Prints one line per trial and a table; exits 1 on any mismatch or unfinished trial.
+# Trial 0 (not counted in N) runs without kills and times the job for the others.
 # CI runs `--trials 2` (ops/test.sh); the closing note of the security issue reports 100.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -58,7 +59,7 @@ last_stage=$(grep -E '^  - name: ' "$work/job.yaml" | tail -1 | awk '{print $3}'
 # The final weights of a run directory: the last stage's newest checkpoint, hashed.
 final_hash() {
   local ckpt
-  ckpt=$(ls -d "$1/$last_stage"/step-* 2>/dev/null | sort | tail -1)
+  ckpt=$(ls -d "$1/stages/$last_stage/checkpoints"/step-* 2>/dev/null | sort | tail -1)
   [ -n "$ckpt" ] && sha256sum "$ckpt"/*.safetensors | awk '{print $1}' | sha256sum | awk '{print $1}'
 }
 
@@ -85,11 +86,29 @@ job_field() {  # job_field ID python-expression-on-j
   api status "$1" --json 2>/dev/null | /usr/bin/python3 -c "import json,sys; j=json.load(sys.stdin); print($2)" 2>/dev/null
 }
 
+# The pid of rank $2 of the job's current launch, once both its ranks registered (between
+# two stages' launches there are none for up to a second or so: waits up to 3 s), and only
+# while it is still a vlorch-worker process; empty otherwise.
+rank_pid() {
+  local pid
+  for _ in $(seq 30); do
+    pid=$(job_field "$1" "(lambda rs: rs[$2]['pid'] if len(rs) == 2 else '')(sorted([r for r in j.get('ranks', []) \
+if r.get('incarnation') == j.get('incarnation')], key=lambda r: r['rank']))")
+    if [ -n "$pid" ] && grep -q vlorch-worker "/proc/$pid/cmdline" 2>/dev/null; then echo "$pid"; return; fi
+    sleep 0.1
+  done
+}
+
 declare -A by_kind=([rank]=0 [coordinator]=0 [checkpoint]=0 [transform]=0)
 mismatches=0; unfinished=0; total_restarts=0
 kinds=(rank coordinator checkpoint transform)
 campaign_start=$(date +%s)
-for trial in $(seq "$trials"); do
+now_ms() { date +%s%3N; }
+# Trial 0 is a calibration run under the coordinator without kills: its final weights must
+# match too, and its length bounds the kill times of the others, so kills land while the
+# job runs (any stage, any moment) rather than after it ended.
+job_ms=0
+for trial in $(seq 0 "$trials"); do
   t_start=$(date +%s)
   dir="$work/trial-$trial"
   rm -rf "$dir"; mkdir -p "$dir"
@@ -97,22 +116,31 @@ for trial in $(seq "$trials"); do
   sed -i "s|data/|$work/data/|g" "$dir/job.yaml"
   # Fault points go in the submission's env, so they fire in the first launch only.
   plan=(); env_fault=""
-  for _ in $(seq "$kills"); do plan+=("${kinds[RANDOM % 4]}"); done
+  if [ "$trial" -gt 0 ]; then
+    for _ in $(seq "$kills"); do plan+=("${kinds[RANDOM % 4]}"); done
+  fi
   for k in "${plan[@]}"; do
     case "$k" in
-      checkpoint) [ -z "$env_fault" ] && env_fault="kill:rank=$((RANDOM % 2)):step=4:during=checkpoint-write:incarnation=1" ;;
+      checkpoint) [ -z "$env_fault" ] && env_fault="kill:rank=0:step=4:during=checkpoint-write:incarnation=1" ;;
       # The transform is the 4th stage: the 4th launch when nothing restarted before it.
-      transform) [ -z "$env_fault" ] && env_fault="kill:rank=$((RANDOM % 2)):stage=transfer:during=commit:incarnation=4" ;;
+      transform) [ -z "$env_fault" ] && env_fault="kill:rank=0:stage=transfer:during=commit:incarnation=4" ;;
     esac
   done
+  # Kill times: uniform over the calibration run's length, in milliseconds, in order.
+  times=()
+  for k in "${plan[@]}"; do times+=($(( (RANDOM * 32768 + RANDOM) % (job_ms > 200 ? job_ms : 200) ))); done
+  mapfile -t times < <(printf '%s\n' "${times[@]}" | sort -n)
   start_coordinator "$dir/state"
   id=$(VLORCH_FAULT="$env_fault" VLORCH_OVERSUBSCRIBE=1 api submit "$dir/job.yaml" --np 2 | awk '{print $2}')
+  submitted_ms=$(now_ms)
   done_kinds=()
-  for k in "${plan[@]}"; do
-    sleep "$(( RANDOM % 8 + 1 )).$(( RANDOM % 10 ))"
+  for i in "${!plan[@]}"; do
+    k=${plan[$i]}
+    wait_ms=$(( submitted_ms + ${times[$i]:-0} - $(now_ms) ))
+    [ "$wait_ms" -gt 0 ] && sleep "$(printf '%d.%03d' $((wait_ms / 1000)) $((wait_ms % 1000)))"
     case "$k" in
       rank)
-        pid=$(job_field "$id" "[r['pid'] for r in j.get('ranks',[])][$((RANDOM % 2))] if len(j.get('ranks',[]))==2 else ''")
+        pid=$(rank_pid "$id" $((RANDOM % 2)))
         if [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null; then done_kinds+=(rank); fi ;;
       coordinator)
         kill -9 "$coord_pid" 2>/dev/null || true; wait "$coord_pid" 2>/dev/null || true
@@ -126,6 +154,7 @@ for trial in $(seq "$trials"); do
     case "$state" in succeeded|failed|cancelled) break ;; esac
     sleep 0.5
   done
+  ended_ms=$(now_ms)
   restarts=$(job_field "$id" "j['restarts']" || echo "?")
   # A fault point counts when the ranks died where it sits: a restart caused in that stage.
   events=$(api events "$id" 2>/dev/null || true)
@@ -140,13 +169,20 @@ for trial in $(seq "$trials"); do
   elif [ "$got" != "$reference" ]; then verdict="MISMATCH"; mismatches=$((mismatches + 1)); fi
   for k in "${done_kinds[@]}"; do by_kind[$k]=$(( ${by_kind[$k]} + 1 )); done
   [ "$restarts" != "?" ] && total_restarts=$((total_restarts + restarts))
-  printf 'chaos: trial %3d: kills [%s], %s restarts, %s s: %s\n' "$trial" "${done_kinds[*]}" "$restarts" \
-    "$(( $(date +%s) - t_start ))" "$verdict"
+  printf 'chaos: trial %3d: planned [%s] at [%s] ms, done [%s], %s restarts, %s s: %s\n' "$trial" "${plan[*]}" \
+    "${times[*]}" "${done_kinds[*]}" "$restarts" "$(( $(date +%s) - t_start ))" "$verdict"
   [ "$verdict" = "identical" ] && rm -rf "$dir"
+  if [ "$trial" -eq 0 ]; then
+    job_ms=$(( ended_ms - submitted_ms ))
+    echo "chaos: calibration run (no kills) took $job_ms ms; kills fall within that after each submission"
+  fi
 done
 echo
 echo "chaos: seed $seed, $(( $(date +%s) - campaign_start )) s"
 printf '%-8s %-6s %-12s %-10s %-10s %-9s %-10s %s\n' trials rank coordinator checkpoint transform restarts unfinished mismatches
 printf '%-8s %-6s %-12s %-10s %-10s %-9s %-10s %s\n' "$trials" "${by_kind[rank]}" "${by_kind[coordinator]}" \
   "${by_kind[checkpoint]}" "${by_kind[transform]}" "$total_restarts" "$unfinished" "$mismatches"
-[ "$mismatches" -eq 0 ] && [ "$unfinished" -eq 0 ]
+[ "$mismatches" -eq 0 ] && [ "$unfinished" -eq 0 ] || exit 1
+# A folder made here is removed when every trial passed (a failed trial's stays for a look).
+[ -z "${VLORCH_CHAOS_DIR:-}" ] && rm -rf "$work"
+exit 0

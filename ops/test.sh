@@ -12,3 +12,7 @@ start=$(date +%s)
 # Unit tests run in parallel; the mpirun tests are RUN_SERIAL (ranks share the cores).
 (cd "$build" && ctest --output-on-failure -j "$(nproc)" "$@")
 echo "test: suite done in $(( $(date +%s) - start )) s"
+# The kill campaign's short version (ops/chaos.sh; 100 trials by hand): two trials of random
+# kill -9 of ranks, the coordinator, a checkpoint write and the transform, final weights
+# compared bitwise with an uninterrupted run.
+VLORCH_BUILD_DIR="$build" bash "$root/ops/chaos.sh" --trials "${VLORCH_CHAOS_TRIALS:-2}"
