@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <initializer_list>
 #include <fstream>
 #include <regex>
 #include <sstream>
@@ -123,14 +124,21 @@ std::string JoinArgv(const std::vector<std::string>& argv) {
 }
 
 // The last line of mpirun's output that reads like an error from a rank.
-std::string LastErrorLine(const std::string& log) {
+// The last line of `log` holding one of `needles`, cut to 600 bytes.
+std::string LastLineWith(const std::string& log, std::initializer_list<const char*> needles) {
   std::istringstream ss(log);
   std::string line, last;
   while (std::getline(ss, line)) {
-    if (line.find("FAILED") != std::string::npos || line.find("rror") != std::string::npos) last = line;
+    for (const char* n : needles)
+      if (line.find(n) != std::string::npos) {
+        last = line;
+        break;
+      }
   }
   return last.substr(0, 600);
 }
+
+std::string LastErrorLine(const std::string& log) { return LastLineWith(log, {"FAILED", "rror"}); }
 
 }  // namespace
 
@@ -922,6 +930,18 @@ void Coordinator::OnLauncherExit(JobRecord& job, int code, int signal, bool know
     Event(job, "failed",
           fmt::format("bad input, not restarting: {}{}; fix it and run `vlorch resume {}`", cause,
                       detail.empty() ? "" : ": " + detail, job.id),
+          {{"cause", cause}});
+    return;
+  }
+  // Exit 4: a rank's disk ran out of space (worker_main.cc). Restarting cannot help until
+  // someone frees space, and each try would fail the same way.
+  if (known && code == 4 && job.pending_cause.empty()) {
+    const std::string detail = LastLineWith(log, {"ResourceExhausted", "out of space", "free:"});
+    Transition(job, JobState::kFailed);
+    Event(job, "failed",
+          fmt::format("out of disk space, not restarting: {}{}; free space and run `vlorch resume {}` (it continues "
+                      "from the last committed checkpoint)",
+                      cause, detail.empty() ? "" : ": " + detail, job.id),
           {{"cause", cause}});
     return;
   }

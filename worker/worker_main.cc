@@ -37,6 +37,9 @@ namespace {
 
 constexpr int kExitBadInput = 2;
 constexpr int kExitRestartable = 3;
+// A disk (checkpoints) ran out of space: a restart would only fail again until someone frees
+// space, so the coordinator does not spend restarts on it.
+constexpr int kExitOutOfSpace = 4;
 
 int ExitCodeFor(const vlorch::Status& s) {
   switch (s.code()) {
@@ -45,6 +48,8 @@ int ExitCodeFor(const vlorch::Status& s) {
     case vlorch::StatusCode::kNotFound:
     case vlorch::StatusCode::kFailedPrecondition:
       return kExitBadInput;
+    case vlorch::StatusCode::kResourceExhausted:
+      return kExitOutOfSpace;
     default:
       return kExitRestartable;
   }

@@ -585,6 +585,49 @@ TEST_F(Secured, AnAttachUnderAnUnregisteredNameIsRefusedAndCounted) {
   ASSERT_TRUE(Eventually([&] { return Http("GET", "/api/jobs/anyone").status == 200; }));
 }
 
+// A launch whose ranks exit 4 (a disk ran out of space, worker_main.cc) fails the job at
+// once with the rank's message and what to do, instead of spending the restart budget on
+// launches that would fail the same way; exit 3 is restarted as before.
+TEST_F(Secured, OutOfSpaceFailsTheJobWithoutSpendingRestarts) {
+  const fs::path fake = dir_ / "fake-mpirun.sh";
+  std::ofstream(fake) << "#!/bin/sh\n"
+                         "echo 'E 01:02:03.456 r0@h] stage train: ResourceExhausted: checkpoint step 8 of stage "
+                         "train needs 2.0 MiB on the filesystem of /x, which has 1.0 MiB free: free space there'\n"
+                         "exit $(cat " << (dir_ / "code").string() << ")\n";
+  fs::permissions(fake, fs::perms::owner_all);
+  options_.mpirun = fake.string();
+  options_.default_restart_budget = 3;
+  options_.backoff_initial_s = 0.05;
+  Start();
+  std::ofstream(dir_ / "job.yaml") << TinySpec(dir_);
+  auto submit = [&] {
+    auto r = Http("POST", "/api/jobs", json{{"spec_path", (dir_ / "job.yaml").string()}, {"np", 2}}.dump());
+    EXPECT_EQ(r.status, 201) << r.body;
+    return json::parse(r.body)["id"].get<std::string>();
+  };
+  std::ofstream(dir_ / "code") << "4\n";
+  const std::string full = submit();
+  json job;
+  ASSERT_TRUE(Eventually([&] {
+    job = json::parse(Http("GET", "/api/jobs/" + full).body);
+    return job["state"] == "failed";
+  })) << job.dump();
+  EXPECT_EQ(job["restarts"].get<int>(), 0);
+  const std::string events = Http("GET", "/api/jobs/" + full + "/events").body;
+  EXPECT_NE(events.find("out of disk space, not restarting"), std::string::npos) << events;
+  EXPECT_NE(events.find("checkpoint step 8 of stage train needs 2.0 MiB"), std::string::npos) << events;
+  EXPECT_NE(events.find("free space and run `vlorch resume " + full + "`"), std::string::npos) << events;
+
+  // Exit 3 (worth restarting) spends the budget.
+  std::ofstream(dir_ / "code", std::ios::trunc) << "3\n";
+  const std::string flaky = submit();
+  ASSERT_TRUE(Eventually([&] {
+    job = json::parse(Http("GET", "/api/jobs/" + flaky).body);
+    return job["state"] == "failed";
+  })) << job.dump();
+  EXPECT_EQ(job["restarts"].get<int>(), 3);
+}
+
 TEST_F(Secured, TheAttachKeyCannotSpeakForALaunchedJob) {
   const fs::path fake = dir_ / "fake-mpirun.sh";
   std::ofstream(fake) << "#!/bin/sh\nexec sleep 300\n";
