@@ -14,18 +14,18 @@
 
 #include "common/durable_file.h"
 #include "common/hash.h"
+#include "jobs/checkpoint_layout.h"
 
 namespace vlorch {
 namespace fs = std::filesystem;
 namespace {
 
 
-constexpr size_t kMaxManifestBytes = 4 << 20;  // as worker/checkpoint/manifest.h
 constexpr size_t kMaxStateBytes = 1 << 20;
 
 StatusOr<uint32_t> ManifestCrc(const std::string& checkpoint) {
-  const std::string path = (fs::path(checkpoint) / "manifest.json").string();
-  auto text = ReadMetadataFile(path, kMaxManifestBytes);
+  const std::string path = (fs::path(checkpoint) / checkpoint::kManifestFile).string();
+  auto text = ReadMetadataFile(path, checkpoint::kMaxManifestBytes);
   if (!text.ok() && text.status().code() == StatusCode::kNotFound)
     return NotFoundError(fmt::format("{} is missing: {} is not a committed checkpoint", path, checkpoint));
   if (!text.ok()) return text.status();
@@ -39,24 +39,15 @@ int64_t LatestStep(const std::string& path) {
   if (!text.ok()) return -1;
   std::string t = *text;
   if (!t.empty() && t.back() == '\n') t.pop_back();
-  if (t.rfind("step-", 0) != 0 || t.size() < 5 + 8 || t.size() > 5 + 18) return -1;
-  int64_t step = 0;
-  for (size_t i = 5; i < t.size(); ++i) {
-    if (t[i] < '0' || t[i] > '9') return -1;
-    step = step * 10 + (t[i] - '0');
-  }
-  return step;
+  return checkpoint::ParseStepDirName(t).value_or(-1);
 }
 
 // The last three components of a committed checkpoint of `stage`:
 // "<stage>/checkpoints/step-NNNNNNNN".
 bool IsStageCheckpointPath(const std::string& path, const std::string& stage) {
   const fs::path p(path);
-  const std::string name = p.filename().string();
-  if (name.rfind("step-", 0) != 0 || name.size() < 13) return false;
-  for (size_t i = 5; i < name.size(); ++i)
-    if (name[i] < '0' || name[i] > '9') return false;
-  return p.parent_path().filename() == "checkpoints" && p.parent_path().parent_path().filename() == stage;
+  if (!checkpoint::ParseStepDirName(p.filename().string())) return false;
+  return p.parent_path().filename() == checkpoint::kCheckpointsDir && p.parent_path().parent_path().filename() == stage;
 }
 
 std::string StateFile(const std::string& run_dir, const std::string& stage) {
@@ -67,6 +58,10 @@ std::string StateFile(const std::string& run_dir, const std::string& stage) {
 
 std::string StageDir(const std::string& run_dir, const std::string& stage) {
   return (fs::path(run_dir) / "stages" / stage).string();
+}
+
+std::string CheckpointDir(const std::string& run_dir, const std::string& stage) {
+  return (fs::path(StageDir(run_dir, stage)) / checkpoint::kCheckpointsDir).string();
 }
 
 StatusOr<std::optional<StageSeal>> ReadStageSeal(const std::string& run_dir, const std::string& stage) {
@@ -186,7 +181,7 @@ StatusOr<std::vector<StageProgress>> ReadJobProgress(const JobSpec& job, const s
     if (p.seal) {
       p.status = StageStatus::kSealed;
     } else {
-      p.latest_step = LatestStep((fs::path(StageDir(run_dir, st.name)) / "checkpoints" / "latest").string());
+      p.latest_step = LatestStep((fs::path(CheckpointDir(run_dir, st.name)) / checkpoint::kLatestFile).string());
       std::error_code ec;
       if (p.latest_step >= 0 || fs::exists(StageDir(run_dir, st.name), ec)) {
         p.status = StageStatus::kInProgress;

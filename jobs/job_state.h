@@ -31,6 +31,9 @@ struct StageSeal {
 };
 
 std::string StageDir(const std::string& run_dir, const std::string& stage);
+// <run_dir>/stages/<stage>/checkpoints: the stage's committed checkpoints
+// (jobs/checkpoint_layout.h names what is inside).
+std::string CheckpointDir(const std::string& run_dir, const std::string& stage);
 
 // The stage's seal; nullopt when the stage is not sealed. Corruption when state.json exists
 // but is not a seal (it names the file and the field and says to delete it to re-run the

@@ -217,9 +217,9 @@ Status CheckpointManager::WriteFiles(int64_t step, const CheckpointPayload& snap
     p.emplace_back("during", during);
     MaybeKill(p);
   };
-  RETURN_IF_ERROR(write_tensors("model.safetensors", snap.model, {{"format", "pt"}}));
+  RETURN_IF_ERROR(write_tensors(kModelFile, snap.model, {{"format", "pt"}}));
   kill_point("checkpoint-write");
-  RETURN_IF_ERROR(write_tensors("optimizer.safetensors", snap.optimizer, snap.optimizer_metadata));
+  RETURN_IF_ERROR(write_tensors(kOptimizerFile, snap.optimizer, snap.optimizer_metadata));
   {
     const std::string path = (fs::path(tmp) / kTrainerStateFile).string();
     RETURN_IF_ERROR(WriteFileDurably(path, snap.trainer_state_json, options_.fsync));

@@ -51,7 +51,7 @@
 #include <torch/torch.h>
 
 #include "common/status.h"
-#include "worker/checkpoint/manifest.h"
+#include "jobs/checkpoint_layout.h"
 
 namespace vlorch::checkpoint {
 

@@ -18,7 +18,7 @@
 
 #include "common/host.h"
 #include "common/logging.h"
-#include "worker/checkpoint/json_fields.h"
+#include "jobs/json_fields.h"
 
 namespace vlorch::checkpoint {
 namespace fs = std::filesystem;

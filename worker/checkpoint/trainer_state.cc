@@ -5,7 +5,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "worker/checkpoint/json_fields.h"
+#include "jobs/json_fields.h"
 
 namespace vlorch::checkpoint {
 namespace {

@@ -12,10 +12,10 @@
 
 #include "common/status.h"
 #include "dataflow/sample_order.h"
+#include "jobs/checkpoint_layout.h"
 
 namespace vlorch::checkpoint {
 
-inline constexpr const char* kTrainerStateFile = "trainer_state.json";
 
 struct TrainerState {
   std::string job;

@@ -41,14 +41,17 @@ StatusOr<std::vector<EvalPoint>> Evaluate(const JobSpec& job, const StageSpec& s
     return InvalidArgumentError(fmt::format("{} has {} samples, fewer than one global batch of {} ({} ranks x {})",
                                             o.store, samples, global_batch, mesh.world_size(), o.batch_size));
 
-  // The checkpoints, oldest first.
-  const fs::path dir = fs::path(StageDir(run_dir, stage.name)) / "checkpoints";
-  std::vector<std::string> found;
+  // The checkpoints, oldest first (by step: a 9-digit step sorts after an 8-digit one).
+  const fs::path dir = CheckpointDir(run_dir, stage.name);
+  std::vector<std::pair<int64_t, std::string>> steps;
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(dir, ec))
-    if (e.is_directory() && e.path().filename().string().rfind("step-", 0) == 0) found.push_back(e.path().string());
+    if (auto step = checkpoint::ParseStepDirName(e.path().filename().string()); step && e.is_directory())
+      steps.emplace_back(*step, e.path().string());
   if (ec) return NotFoundError(fmt::format("stage '{}' has no checkpoints ({}: {})", stage.name, dir.string(), ec.message()));
-  std::sort(found.begin(), found.end());
+  std::sort(steps.begin(), steps.end());
+  std::vector<std::string> found;
+  for (auto& s : steps) found.push_back(std::move(s.second));
 
   ASSIGN_OR_RETURN(auto model, models::VLModel::Create(config, job.seed));
   auto params = model->SortedParameters();
@@ -56,7 +59,7 @@ StatusOr<std::vector<EvalPoint>> Evaluate(const JobSpec& job, const StageSpec& s
   for (const std::string& ck : found) {
     auto manifest = checkpoint::VerifyCheckpoint(ck);
     if (!manifest.ok()) continue;  // partial or damaged: not a committed checkpoint
-    RETURN_IF_ERROR(models::LoadWeights(params, (fs::path(ck) / "model.safetensors").string(), "").status());
+    RETURN_IF_ERROR(models::LoadWeights(params, (fs::path(ck) / checkpoint::kModelFile).string(), "").status());
     dataflow::PipelineOptions po = StagePipelineOptions(job, data, config, tok, tmpl);
     po.stores = {o.store};
     po.weights.clear();

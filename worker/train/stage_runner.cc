@@ -186,7 +186,7 @@ Status StageRun::Setup() {
 Status StageRun::InitWeights() {
   if (!stage_.init_stage.empty()) {
     ASSIGN_OR_RETURN(std::string ck, SealedCheckpoint(run_dir_, stage_.name, stage_.init_stage));
-    RETURN_IF_ERROR(models::LoadWeights(params_, (fs::path(ck) / "model.safetensors").string(), "").status());
+    RETURN_IF_ERROR(models::LoadWeights(params_, (fs::path(ck) / checkpoint::kModelFile).string(), "").status());
   }
   for (const WeightsSpec& w : stage_.init_weights) {
     ASSIGN_OR_RETURN(models::LoadReport r, models::LoadWeights(params_, job_.Resolve(w.path), w.prefix));
@@ -214,7 +214,7 @@ StatusOr<int64_t> StageRun::TotalSteps() {
 }
 
 Status StageRun::Resume() {
-  const std::string ck_dir = (fs::path(stage_dir_) / "checkpoints").string();
+  const std::string ck_dir = (fs::path(stage_dir_) / checkpoint::kCheckpointsDir).string();
   // A checkpoint whose trainer state does not parse is passed over like a damaged one.
   const size_t rng_bytes = CpuRngStateBytes();
   auto check = [rng_bytes](const std::string& path, const checkpoint::CheckpointManifest& m) {
@@ -225,9 +225,9 @@ Status StageRun::Resume() {
   const std::string found_path = (fs::path(ck_dir) / checkpoint::StepDirName(found_step)).string();
 
   ASSIGN_OR_RETURN(checkpoint::TrainerState ts, checkpoint::ReadTrainerState(found_path, found_step, rng_bytes));
-  RETURN_IF_ERROR(models::LoadWeights(params_, (fs::path(found_path) / "model.safetensors").string(), "").status());
+  RETURN_IF_ERROR(models::LoadWeights(params_, (fs::path(found_path) / checkpoint::kModelFile).string(), "").status());
   std::map<std::string, std::string> meta;
-  ASSIGN_OR_RETURN(auto opt_state, checkpoint::ReadTensors((fs::path(found_path) / "optimizer.safetensors").string(), &meta));
+  ASSIGN_OR_RETURN(auto opt_state, checkpoint::ReadTensors((fs::path(found_path) / checkpoint::kOptimizerFile).string(), &meta));
   RETURN_IF_ERROR(optimizer_->LoadState(opt_state, ts.optimizer_steps));
   step_ = ts.step;
   samples_seen_ = ts.samples;
@@ -436,7 +436,7 @@ StatusOr<StageResult> StageRun::Run() {
         cb(name, step, dir);
       };
     }
-    ASSIGN_OR_RETURN(checkpoints_, checkpoint::CheckpointManager::Open((fs::path(stage_dir_) / "checkpoints").string(), co));
+    ASSIGN_OR_RETURN(checkpoints_, checkpoint::CheckpointManager::Open((fs::path(stage_dir_) / checkpoint::kCheckpointsDir).string(), co));
   }
   RETURN_IF_ERROR(Resume());
 

@@ -27,7 +27,7 @@
 
 #include "common/status.h"
 #include "jobs/job_spec.h"
-#include "worker/checkpoint/manifest.h"
+#include "jobs/checkpoint_layout.h"
 #include "worker/checkpoint/run_dir_lock.h"
 #include "worker/comm/device_mesh.h"
 

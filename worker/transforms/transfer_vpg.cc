@@ -140,8 +140,8 @@ Status TransferVpg::LoadConverter(int64_t* step) {
   ASSIGN_OR_RETURN(const int64_t found, train::AgreedLatestCheckpoint(dir, mesh_));
   if (found < 0) return Status::OK();
   const fs::path path = fs::path(dir) / fmt::format("step-{:08d}", found);
-  ASSIGN_OR_RETURN(auto model, checkpoint::ReadTensors((path / "model.safetensors").string(), nullptr));
-  ASSIGN_OR_RETURN(auto opt, checkpoint::ReadTensors((path / "optimizer.safetensors").string(), nullptr));
+  ASSIGN_OR_RETURN(auto model, checkpoint::ReadTensors((path / checkpoint::kModelFile).string(), nullptr));
+  ASSIGN_OR_RETURN(auto opt, checkpoint::ReadTensors((path / checkpoint::kOptimizerFile).string(), nullptr));
   torch::NoGradGuard no_grad;
   for (auto& [name, tensor] : model) {
     torch::Tensor& dst = name == "converter.weight" ? wg_ : bg_;
@@ -243,7 +243,7 @@ StatusOr<train::StageResult> TransferVpg::Run() {
   const ModelConfig& dst_cfg = job_.ModelOf(stage_);
   ASSIGN_OR_RETURN(std::string src_ck, train::SealedCheckpoint(run_dir_, stage_.name, spec_.from));
   {
-    ASSIGN_OR_RETURN(auto tensors, checkpoint::ReadTensors((fs::path(src_ck) / "model.safetensors").string(), nullptr));
+    ASSIGN_OR_RETURN(auto tensors, checkpoint::ReadTensors((fs::path(src_ck) / checkpoint::kModelFile).string(), nullptr));
     for (auto& [name, t] : tensors) source_[name] = t.to(torch::kFloat32);
   }
   const std::string src_emb_name = EmbeddingName(src_cfg.llm);
@@ -256,7 +256,7 @@ StatusOr<train::StageResult> TransferVpg::Run() {
   auto params = model->SortedParameters();
   if (!stage_.init_stage.empty()) {
     ASSIGN_OR_RETURN(std::string init_ck, train::SealedCheckpoint(run_dir_, stage_.name, stage_.init_stage));
-    RETURN_IF_ERROR(models::LoadWeights(params, (fs::path(init_ck) / "model.safetensors").string(), "").status());
+    RETURN_IF_ERROR(models::LoadWeights(params, (fs::path(init_ck) / checkpoint::kModelFile).string(), "").status());
   }
   for (const WeightsSpec& w : stage_.init_weights) {
     ASSIGN_OR_RETURN(models::LoadReport r, models::LoadWeights(params, job_.Resolve(w.path), w.prefix));
@@ -303,7 +303,7 @@ StatusOr<train::StageResult> TransferVpg::Run() {
     }
   }
   const int64_t steps = spec_.steps;
-  const std::string ck_dir = (fs::path(stage_dir_) / "checkpoints").string();
+  const std::string ck_dir = (fs::path(stage_dir_) / checkpoint::kCheckpointsDir).string();
   result.checkpoint = (fs::path(ck_dir) / fmt::format("step-{:08d}", steps)).string();
   if (rank0_) {
     checkpoint::CheckpointOptions co;

@@ -1,5 +1,6 @@
 // Checked reads of the small JSON files that come back from disk: checkpoint manifests,
-// trainer states, the run-directory lock. Internal to worker/checkpoint/.
+// trainer states, the run-directory lock. Internal to the checkpoint layout (jobs/) and its
+// writer (worker/checkpoint/).
 //
 // Nothing here throws. nlohmann::json's get<T>() and value() throw type_error on a value of
 // the wrong type, so every accessor checks the type and range first and returns Corruption

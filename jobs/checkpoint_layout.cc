@@ -1,4 +1,4 @@
-#include "worker/checkpoint/manifest.h"
+#include "jobs/checkpoint_layout.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -12,7 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/hash.h"
-#include "worker/checkpoint/json_fields.h"
+#include "jobs/json_fields.h"
 
 namespace vlorch::checkpoint {
 namespace fs = std::filesystem;
@@ -107,7 +107,7 @@ StatusOr<CheckpointManifest> Verify(const std::string& path) {
   if (std::optional<int64_t> dir_step = ParseStepDirName(dir_name); dir_step && *dir_step != m.step)
     return CorruptionError(fmt::format("{}/{}: field \"step\" is {} but the directory is {}", path, kManifestFile, m.step,
                                        dir_name));
-  for (const char* required : {"model.safetensors", "optimizer.safetensors", "trainer_state.json"}) {
+  for (const char* required : {kModelFile, kOptimizerFile, kTrainerStateFile}) {
     bool listed = false;
     for (const auto& f : m.files) listed |= f.name == required;
     if (!listed) return CorruptionError(fmt::format("{}: the manifest does not list {}", path, required));

@@ -1,4 +1,4 @@
-#include "worker/checkpoint/json_fields.h"
+#include "jobs/json_fields.h"
 
 #include "common/durable_file.h"
 

@@ -28,6 +28,11 @@
 
 namespace vlorch::checkpoint {
 
+// Every name below is the one place it is spelled; readers and writers ask for it here.
+inline constexpr const char* kCheckpointsDir = "checkpoints";  // <run_dir>/stages/<stage>/checkpoints
+inline constexpr const char* kModelFile = "model.safetensors";
+inline constexpr const char* kOptimizerFile = "optimizer.safetensors";
+inline constexpr const char* kTrainerStateFile = "trainer_state.json";
 inline constexpr const char* kManifestFile = "manifest.json";
 inline constexpr const char* kLatestFile = "latest";
 inline constexpr const char* kTmpPrefix = ".tmp-";
